@@ -1,0 +1,118 @@
+"""MLflow tracking without global state: explicit run ids, safe across processes.
+
+Default store: `mlflow/` at the repository root (SQLite backend `mlflow.db`,
+artifacts under `artifacts/`). `MLFLOW_TRACKING_URI` or a `--tracking-uri`
+flag override it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+STORE = REPO_ROOT / "mlflow"
+EXPERIMENT = "hat"
+
+
+def tracking_uri(flag: str | None = None) -> str:
+    if flag:
+        return flag
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    STORE.mkdir(exist_ok=True)
+    return f"sqlite:///{STORE / 'mlflow.db'}"
+
+
+def ui_command(uri: str) -> str:
+    return f"mlflow ui --backend-store-uri {uri}"
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, str]:
+    """Nested config to MLflow params ("rule_params.c" -> "2.0")."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = str(v)[:6000]
+    return out
+
+
+class Run:
+    """One MLflow run, addressed by id."""
+
+    def __init__(self, tracker: "Tracker", run_id: str):
+        self.tracker, self.run_id = tracker, run_id
+
+    def log_params(self, params: dict) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, v) for k, v in flatten(params).items()]
+        for i in range(0, len(items), 90):
+            self.tracker.client.log_batch(self.run_id, params=items[i : i + 90])
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
+        if items:
+            self.tracker.client.log_batch(self.run_id, metrics=items)
+
+    def set_tags(self, tags: dict) -> None:
+        for k, v in tags.items():
+            self.tracker.client.set_tag(self.run_id, k, str(v))
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.tracker.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.tracker.client.set_terminated(self.run_id, status)
+
+
+class Tracker:
+    """MLflow client bound to one experiment."""
+
+    def __init__(self, uri: str | None = None, experiment: str = EXPERIMENT):
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        self.uri = tracking_uri(uri)
+        mlflow.set_tracking_uri(self.uri)
+        self.client = MlflowClient(tracking_uri=self.uri)
+        exp = self.client.get_experiment_by_name(experiment)
+        if exp is None:
+            location = None
+            if self.uri.startswith("sqlite:///") and Path(self.uri[len("sqlite:///"):]).parent.resolve() == STORE.resolve():
+                location = (STORE / "artifacts").as_uri()
+            elif self.uri.startswith("sqlite:///"):
+                location = (Path(self.uri[len("sqlite:///"):]).parent / "artifacts").resolve().as_uri()
+            try:
+                self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+            except Exception:  # created concurrently by another process
+                self.experiment_id = self.client.get_experiment_by_name(experiment).experiment_id
+        else:
+            self.experiment_id = exp.experiment_id
+
+    def start_run(self, name: str, tags: dict | None = None, parent_id: str | None = None) -> Run:
+        tags = {k: str(v) for k, v in (tags or {}).items()}
+        tags.setdefault("git_commit", git_commit())
+        if parent_id:
+            tags["mlflow.parentRunId"] = parent_id
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
+        return Run(self, run.info.run_id)
+
+    def run(self, run_id: str) -> Run:
+        return Run(self, run_id)

@@ -1,0 +1,136 @@
+"""Run one training run: `python -m hat.train --preset quick --rule mlp`.
+
+Every field of `hat.config.TrainConfig` is a flag (`--rule-params '{"c": 2}'`
+for dict fields, `--widths 784 100 10` for tuples). Logged to MLflow unless
+`--no-mlflow`. Exit status 0 for a finished run, 3 for a diverged one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import typing
+from pathlib import Path
+
+from hat.config import PRESETS, TrainConfig
+
+
+def _parse_bool(s: str) -> bool:
+    if s.lower() in ("1", "true", "yes", "on"):
+        return True
+    if s.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean, got {s!r}")
+
+
+def _parse_json_dict(s: str) -> dict:
+    try:
+        v = json.loads(s)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {s!r} ({e})") from None
+    if not isinstance(v, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {s!r}")
+    return v
+
+
+def _field_comments() -> dict[str, str]:
+    """The trailing comments of the dataclass fields, reused as help text."""
+    import inspect
+
+    out = {}
+    for line in inspect.getsource(TrainConfig).splitlines():
+        line = line.strip()
+        if ":" in line and "#" in line and not line.startswith("#"):
+            out[line.split(":")[0].strip()] = line.split("#", 1)[1].strip()
+    return out
+
+
+def add_config_args(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """One flag per TrainConfig field; unset flags stay None (= keep the preset's value)."""
+    comments = _field_comments()
+    hints = typing.get_type_hints(TrainConfig)
+    group = parser.add_argument_group("run configuration (defaults come from the preset)")
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        hint = str(hints[f.name])
+        kw: dict = {"default": None, "dest": f.name, "help": comments.get(f.name, "")}
+        if "tuple[int" in hint:
+            kw.update(type=int, nargs="+", metavar="N")
+        elif "tuple[float" in hint:
+            kw.update(type=float, nargs="*", metavar="E")
+        elif hint.startswith("dict") or "dict" in hint:
+            kw.update(type=_parse_json_dict, metavar="JSON")
+        elif "bool" in hint:
+            kw.update(type=_parse_bool, metavar="BOOL")
+        elif "float" in hint:
+            kw.update(type=float)
+        elif "int" in hint:
+            kw.update(type=int)
+        else:
+            kw.update(type=str)
+        group.add_argument(flag, **kw)
+
+
+def config_from_args(args: argparse.Namespace, base: TrainConfig) -> TrainConfig:
+    changes = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+               if getattr(args, f.name, None) is not None}
+    for k in ("widths", "local_layers", "snapshot_epochs"):
+        if k in changes:
+            changes[k] = tuple(changes[k])
+    return base.replace(**changes)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m hat.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="quick", choices=sorted(PRESETS), help="base configuration (default: quick)")
+    p.add_argument("--data", default=None, help="Fashion-MNIST folder (default: $HAT_DATA or data/)")
+    p.add_argument("--out", default=None, help="folder for snapshots and plots (default: runs/train/<rule>_seed<seed>)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or mlflow/)")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_config_args(p)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from hat import config as hat_config
+    from hat.data import DataError
+    from hat.trainer import train
+
+    cfg = config_from_args(args, hat_config.preset(args.preset))
+    import rules
+
+    try:
+        rules.rule_class(cfg.rule)
+    except rules.UnknownRuleError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out or f"runs/train/{cfg.rule}_seed{cfg.seed}")
+    tracker = None
+    if not args.no_mlflow:
+        from hat.tracking import Tracker
+
+        tracker = Tracker(args.tracking_uri)
+    try:
+        result = train(cfg, tracker=tracker, out_dir=out, progress=not args.no_progress, data_root=args.data,
+                       tags={"arm": cfg.rule, "preset": args.preset, "phase": "single"})
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    where = f" | mlflow run {result.run_id} ({tracker.uri})" if tracker else ""
+    if not result.ok:
+        print(f"FAILED rule={cfg.rule} seed={cfg.seed}: diverged ({result.reason}){where}")
+        return 3
+    print(f"done rule={cfg.rule} seed={cfg.seed} preset={args.preset} steps={result.steps} "
+          f"val_acc={result.val_acc:.2f}% test_acc={result.test_acc:.2f}% time={result.seconds:.1f}s{where}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""`mean`: the pointwise mean of several frozen meta-learners' outputs.
+
+mean_k M_k(x) is not M with averaged weights. For one-hidden-layer MLPs with
+the same activation and inputs it is itself such an MLP: stack the K hidden
+layers (K*H units) and divide the output weights by K. That keeps it on the
+fast MLP paths; a test checks it against the naive average of the K outputs.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rules import register
+from rules.mlp import MLPRule
+from rules.snapshot import SnapshotError, rule_from_snapshot
+
+
+@register("mean")
+class Mean(MLPRule):
+    def __init__(self, paths: list[str] | tuple[str, ...]):
+        if isinstance(paths, str):
+            paths = [p for p in paths.split(",") if p]
+        if not paths:
+            raise ValueError("mean needs at least one snapshot path")
+        members = [rule_from_snapshot(p) for p in paths]
+        first = members[0]
+        for m in members[1:]:
+            if (m.inputs, m.act) != (first.inputs, first.act):
+                raise SnapshotError(f"mean: snapshots differ in inputs/activation: {first.config()} vs {m.config()}")
+        k = len(members)
+        super().__init__(inputs=first.inputs, hidden=sum(m.hidden for m in members), act=first.act, trainable=False)
+        with torch.no_grad():
+            self.l1.weight.copy_(torch.cat([m.l1.weight for m in members], 0))  # (K*H, D)
+            self.l1.bias.copy_(torch.cat([m.l1.bias for m in members], 0))  # (K*H,)
+            self.l2.weight.copy_(torch.cat([m.l2.weight for m in members], 1) / k)  # (1, K*H)
+            self.l2.bias.copy_(torch.stack([m.l2.bias for m in members]).mean(0))  # (1,)
+        self.set_trainable(False)
+        self.paths = [str(p) for p in paths]
+        self.members = k
+
+    def describe(self):
+        return {"rule": self.name, "members": self.members, "inputs": ",".join(self.inputs), "act": self.act}

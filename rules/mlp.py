@@ -1,0 +1,66 @@
+"""`mlp`: the meta-learner M(v_i, w_ij, v_j[, |g_ij|]) as a one-hidden-layer MLP.
+
+Paper preset: inputs (pre, w, post), 100 ReLU units. Authors' preset: inputs
+(pre, w, post, grad), 30 tanh units. Trainable by default; `trainable=False`
+freezes it (its inputs still carry gradients to the learner).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from hat import kernels
+from rules import register
+from rules.base import ElementwiseRule
+
+
+@register("mlp")
+class MLPRule(ElementwiseRule):
+    def __init__(self, inputs=("pre", "w", "post"), hidden: int = 100, act: str = "relu",
+                 init_std: float | None = None, seed: int = 0, trainable: bool = True):
+        super().__init__()
+        bad = [k for k in inputs if k not in kernels.INPUT_NAMES]
+        if bad or not inputs:
+            raise ValueError(f"mlp inputs must be a non-empty subset of {kernels.INPUT_NAMES}, got {tuple(inputs)}")
+        if act not in kernels.ACTS:
+            raise ValueError(f"mlp act must be one of {sorted(kernels.ACTS)}, got {act!r}")
+        self.inputs = tuple(inputs)
+        self.act = act
+        self.hidden = int(hidden)
+        self.uses_grad = "grad" in self.inputs
+        self.hidden_width = self.hidden
+        self.seed = int(seed)
+        self.l1 = nn.Linear(len(self.inputs), self.hidden)
+        self.l2 = nn.Linear(self.hidden, 1)
+        gen = torch.Generator().manual_seed(self.seed)
+        with torch.no_grad():
+            for p in (self.l1.weight, self.l1.bias, self.l2.weight, self.l2.bias):
+                bound = 1.0 / max(1, p.shape[-1] if p.dim() > 1 else self.hidden) ** 0.5
+                p.copy_((torch.rand(p.shape, generator=gen) * 2 - 1) * (init_std or bound))
+        self.set_trainable(trainable)
+
+    def set_trainable(self, trainable: bool) -> None:
+        self.trainable = bool(trainable)
+        for p in self.parameters():
+            p.requires_grad_(self.trainable)
+
+    def form(self) -> kernels.MLPForm:
+        return kernels.MLPForm(self.l1.weight, self.l1.bias, self.l2.weight[0], self.l2.bias[0], self.act, self.inputs)
+
+    def pointwise(self, vi, w, vj, g=None):
+        return self.form().pointwise(vi, w, vj, g)
+
+    def delta(self, pre, w, post, grad=None):
+        return kernels.mlp_delta(pre, w, post, grad, self.form(), self.memory_budget)
+
+    def per_sample_drive(self, pre, w, post, grad=None):
+        return kernels.mlp_per_sample_drive(pre, w, post, grad, self.form(), self.memory_budget)
+
+    def config(self) -> dict:
+        """Architecture, enough to rebuild the module from a state dict."""
+        return {"rule": "mlp", "inputs": list(self.inputs), "hidden": self.hidden, "act": self.act}
+
+    def describe(self):
+        return {"rule": self.name, "inputs": ",".join(self.inputs), "hidden": self.hidden,
+                "act": self.act, "trainable": self.trainable}

@@ -1,0 +1,115 @@
+"""`snapshot`: a frozen meta-learner loaded from a saved snapshot.
+
+A snapshot is two files with one stem: `<stem>.pt`, the tensors of an `mlp`
+rule (a flat dict, loaded with `weights_only=True`), and `<stem>.json`, its
+config: format tag, architecture, the training step/epoch/seed it was taken
+at, and the sha256 of the tensors. Loading checks all of it.
+
+    rules.get("snapshot", path="runs/x/snapshots/seed0_epoch0.5.pt")
+    rules.get("snapshot", path="runs:/<mlflow run id>/snapshots/seed0_epoch0.5.pt")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+
+from rules import register
+from rules.mlp import MLPRule
+
+FORMAT = "hat-snapshot/1"
+
+
+class SnapshotError(ValueError):
+    """A snapshot file is missing, foreign, corrupted or inconsistent."""
+
+
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """Hash of names, dtypes, shapes and bytes, in sorted name order."""
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        t = tensors[k].detach().cpu().contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def save_snapshot(rule: MLPRule, path: str | Path, **meta) -> Path:
+    """Write `<stem>.pt` and `<stem>.json`; returns the .pt path."""
+    path = Path(path).with_suffix(".pt")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().clone() for k, v in rule.state_dict().items()}
+    config = {"format": FORMAT, **rule.config(), **meta, "sha256": tensors_sha256(tensors)}
+    torch.save(tensors, path)
+    path.with_suffix(".json").write_text(json.dumps(config, indent=2, sort_keys=True))
+    return path
+
+
+def _resolve(path: str | Path) -> Path:
+    s = str(path)
+    if s.startswith("runs:/") or s.startswith("mlflow-artifacts:/"):
+        import mlflow
+
+        pt = Path(mlflow.artifacts.download_artifacts(artifact_uri=s))
+        mlflow.artifacts.download_artifacts(artifact_uri=s[: -len(".pt")] + ".json", dst_path=str(pt.parent))
+        return pt
+    return Path(path)
+
+
+def load_snapshot(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Tensors and config of a snapshot, after checking format, shapes and hash."""
+    pt = _resolve(path).with_suffix(".pt")
+    js = pt.with_suffix(".json")
+    for f in (pt, js):
+        if not f.is_file():
+            raise SnapshotError(f"snapshot file not found: {f}")
+    try:
+        config = json.loads(js.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SnapshotError(f"{js} is not a snapshot config (bad JSON: {e})") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise SnapshotError(f"{js} is not a {FORMAT} config (format={config.get('format') if isinstance(config, dict) else None!r})")
+    try:
+        tensors = torch.load(pt, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise SnapshotError(f"{pt} could not be loaded as tensors: {e}") from None
+    if not isinstance(tensors, dict) or not all(isinstance(v, torch.Tensor) for v in tensors.values()):
+        raise SnapshotError(f"{pt} does not hold a dict of tensors")
+    want = {"l1.weight": (config["hidden"], len(config["inputs"])), "l1.bias": (config["hidden"],),
+            "l2.weight": (1, config["hidden"]), "l2.bias": (1,)}
+    got = {k: tuple(v.shape) for k, v in tensors.items()}
+    if got != want:
+        raise SnapshotError(f"{pt}: tensors {got} do not match the config's architecture {want}")
+    digest = tensors_sha256(tensors)
+    if digest != config.get("sha256"):
+        raise SnapshotError(f"{pt}: sha256 {digest[:12]}… does not match the config's {str(config.get('sha256'))[:12]}…")
+    return tensors, config
+
+
+def rule_from_snapshot(path: str | Path) -> MLPRule:
+    tensors, config = load_snapshot(path)
+    rule = MLPRule(inputs=tuple(config["inputs"]), hidden=config["hidden"], act=config["act"], trainable=False)
+    rule.load_state_dict(tensors)
+    rule.set_trainable(False)
+    rule.source = {k: config.get(k) for k in ("step", "epoch", "seed")} | {"path": str(path)}
+    return rule
+
+
+@register("snapshot")
+class Snapshot(MLPRule):
+    """Frozen meta-learner; `path` is a snapshot .pt file or a runs:/ URI."""
+
+    def __init__(self, path: str):
+        src = rule_from_snapshot(path)
+        super().__init__(inputs=src.inputs, hidden=src.hidden, act=src.act, trainable=False)
+        self.load_state_dict(src.state_dict())
+        self.set_trainable(False)
+        self.path = str(path)
+        self.source = src.source
+
+    def describe(self):
+        return {"rule": self.name, "path": self.path, "inputs": ",".join(self.inputs),
+                "hidden": self.hidden, "act": self.act}

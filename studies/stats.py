@@ -1,0 +1,693 @@
+"""Statistics for the HAT studies: paired seed-level comparisons, multiplicity control, curves, mixed models.
+
+Conventions (shared by every function in this module):
+
+* Accuracies are in percentage points (0-100), never fractions.
+* A paired difference is ``d = arm - control`` per seed: seed ``s`` of every arm shares the learner initialisation
+  and the data order, so element ``s`` of ``arm`` and element ``s`` of ``control`` form a pair.
+* A diverged run is encoded as NaN (any non-finite value is treated the same way) in input accuracy arrays and
+  counts as a FAILURE: it is replaced by ``failure_value`` (default ``FAILURE_VALUE = 10.0``, chance accuracy on
+  10 classes), it is never dropped, and the number of such runs is reported (``fill_failures``,
+  ``paired_differences``, ``compare``, ``mixed_effects_interaction``). Functions that take an already-derived
+  quantity (a difference ``d``, a curve, a generic sample) do not fill anything: they expect finite input.
+
+All functions are pure: they take numpy arrays (or array-likes), do no I/O, never touch a global random number
+generator (every random function takes an explicit ``random_state``: an int seed or a ``np.random.Generator``) and
+do not modify their inputs. Style follows rliable's ``library.py``: small functions, vectorised bootstrap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from scipy import stats as sps
+
+__all__ = [
+    "ALPHA",
+    "DEFAULT_MARGIN",
+    "FAILURE_VALUE",
+    "VERDICT_RULE",
+    "Comparison",
+    "auc",
+    "bootstrap_ci",
+    "cohens_dz",
+    "compare",
+    "fill_failures",
+    "first_sustained_crossing",
+    "format_table",
+    "holm",
+    "holm_family",
+    "mean_ci_t",
+    "mixed_effects_interaction",
+    "paired_differences",
+    "paired_ttest",
+    "prob_improvement",
+    "seeds_for_power",
+    "time_to_target",
+    "tost_paired",
+    "trend_test",
+    "verdict",
+    "wilcoxon_test",
+]
+
+FAILURE_VALUE: float = 10.0  # accuracy (points) a diverged run is scored as: chance on 10 classes
+DEFAULT_MARGIN: float = 0.5  # equivalence / minimal-effect margin, in accuracy points
+ALPHA: float = 0.05  # family-wise significance level
+
+_ALTERNATIVES = ("two-sided", "greater", "less")
+_DIRECTIONS = ("greater", "less")
+
+RandomState = int | np.random.Generator
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _as_1d(x: Any, name: str = "x") -> np.ndarray:
+    arr = np.asarray(x, dtype=float)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional, got shape {arr.shape}")
+    return arr
+
+
+def _rng(random_state: RandomState) -> np.random.Generator:
+    if isinstance(random_state, np.random.Generator):
+        return random_state
+    if isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
+        return np.random.default_rng(int(random_state))
+    raise TypeError("random_state must be an int or a np.random.Generator (explicit seeding is required)")
+
+
+def _check_alternative(alternative: str) -> None:
+    if alternative not in _ALTERNATIVES:
+        raise ValueError(f"alternative must be one of {_ALTERNATIVES}, got {alternative!r}")
+
+
+def _check_direction(direction: str) -> None:
+    if direction not in _DIRECTIONS:
+        raise ValueError(f"direction must be one of {_DIRECTIONS}, got {direction!r}")
+
+
+def _opposite(direction: str) -> str:
+    return "less" if direction == "greater" else "greater"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Failures and pairing
+# --------------------------------------------------------------------------------------------------------------
+
+
+def fill_failures(x: Any, failure_value: float = FAILURE_VALUE) -> tuple[np.ndarray, int]:
+    """Return a copy of ``x`` with diverged runs (NaN or +-inf) replaced by ``failure_value``, and their count."""
+    arr = np.array(x, dtype=float, copy=True)
+    bad = ~np.isfinite(arr)
+    arr[bad] = failure_value
+    return arr, int(bad.sum())
+
+
+def paired_differences(
+    arm: Any, control: Any, failure_value: float = FAILURE_VALUE
+) -> tuple[np.ndarray, int, int]:
+    """Per-seed differences ``d = arm - control`` after filling failures in both arms.
+
+    Returns ``(d, n_failed_arm, n_failed_control)``. Raises ValueError if the arrays differ in length or are empty.
+    """
+    a = _as_1d(arm, "arm")
+    c = _as_1d(control, "control")
+    if a.shape != c.shape:
+        raise ValueError(f"arm and control must be paired per seed: lengths {a.size} != {c.size}")
+    if a.size == 0:
+        raise ValueError("arm and control are empty")
+    a, n_a = fill_failures(a, failure_value)
+    c, n_c = fill_failures(c, failure_value)
+    return a - c, n_a, n_c
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Intervals
+# --------------------------------------------------------------------------------------------------------------
+
+
+def mean_ci_t(x: Any, level: float = 0.95) -> tuple[float, float, float]:
+    """Mean and Student-t confidence interval ``(mean, lo, hi)`` (for curve bands).
+
+    With n == 1 the interval is ``(nan, nan)``; with n == 0 everything is nan.
+    """
+    if not 0.0 < level < 1.0:
+        raise ValueError("level must be in (0, 1)")
+    arr = _as_1d(x)
+    n = arr.size
+    if n == 0:
+        return math.nan, math.nan, math.nan
+    m = float(np.mean(arr))
+    if n < 2:
+        return m, math.nan, math.nan
+    half = float(sps.t.ppf(0.5 + level / 2.0, n - 1) * np.std(arr, ddof=1) / math.sqrt(n))
+    return m, m - half, m + half
+
+
+def bootstrap_ci(
+    x: Any,
+    level: float = 0.95,
+    n_boot: int = 10000,
+    random_state: RandomState = 0,
+    statistic: Callable[..., Any] = np.mean,
+) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval ``(lo, hi)`` of ``statistic`` (vectorised).
+
+    Draws an ``(n_boot, n)`` index matrix from ``random_state`` in one call and evaluates
+    ``statistic(samples, axis=1)``; statistics without an ``axis`` argument are applied row by row.
+    """
+    if not 0.0 < level < 1.0:
+        raise ValueError("level must be in (0, 1)")
+    if n_boot < 1:
+        raise ValueError("n_boot must be >= 1")
+    arr = _as_1d(x)
+    n = arr.size
+    if n == 0:
+        return math.nan, math.nan
+    rng = _rng(random_state)
+    idx = rng.integers(0, n, size=(n_boot, n))
+    samples = arr[idx]
+    try:
+        boot = np.asarray(statistic(samples, axis=1), dtype=float)
+    except TypeError:
+        boot = np.apply_along_axis(statistic, 1, samples).astype(float)
+    tail = 100.0 * (1.0 - level) / 2.0
+    lo, hi = np.percentile(boot, [tail, 100.0 - tail])
+    return float(lo), float(hi)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Tests on paired differences
+# --------------------------------------------------------------------------------------------------------------
+
+
+def paired_ttest(d: Any, alternative: str = "two-sided") -> tuple[float, float]:
+    """Paired t-test of the differences ``d`` against 0 (``scipy.stats.ttest_1samp``); returns ``(t, p)``.
+
+    Zero variance (all d equal, where scipy would return nan): all zero -> ``(0.0, 1.0)``; all equal to c != 0 ->
+    ``t = sign(c) * inf`` and ``p = 0.0`` for two-sided and for the one-sided alternative matching sign(c),
+    ``p = 1.0`` for the other one-sided alternative. n < 2 -> ``(nan, nan)``.
+    """
+    _check_alternative(alternative)
+    arr = _as_1d(d, "d")
+    if arr.size < 2:
+        return math.nan, math.nan
+    if np.all(arr == arr[0]):
+        c = float(arr[0])
+        if c == 0.0:
+            return 0.0, 1.0
+        t = math.copysign(math.inf, c)
+        if alternative == "two-sided" or (alternative == "greater") == (c > 0):
+            return t, 0.0
+        return t, 1.0
+    res = sps.ttest_1samp(arr, 0.0, alternative=alternative)
+    return float(res.statistic), float(res.pvalue)
+
+
+def wilcoxon_test(d: Any, alternative: str = "two-sided") -> tuple[float, float]:
+    """Wilcoxon signed-rank test of ``d`` (``scipy.stats.wilcoxon``, default zero handling); returns ``(stat, p)``.
+
+    All-zero d -> ``(0.0, 1.0)``; empty d -> ``(nan, nan)``.
+    """
+    _check_alternative(alternative)
+    arr = _as_1d(d, "d")
+    if arr.size == 0:
+        return math.nan, math.nan
+    if np.all(arr == 0.0):
+        return 0.0, 1.0
+    res = sps.wilcoxon(arr, alternative=alternative)
+    return float(res.statistic), float(res.pvalue)
+
+
+def cohens_dz(d: Any) -> float:
+    """Cohen's d_z = mean(d) / sd(d, ddof=1). Zero sd -> 0.0 if mean is 0 else +-inf; n < 2 -> nan."""
+    arr = _as_1d(d, "d")
+    if arr.size < 2:
+        return math.nan
+    m = float(np.mean(arr))
+    sd = float(np.std(arr, ddof=1))
+    if sd == 0.0:
+        return 0.0 if m == 0.0 else math.copysign(math.inf, m)
+    return m / sd
+
+
+def prob_improvement(d: Any) -> float:
+    """Probability of improvement: mean of ``(d > 0) + 0.5 * (d == 0)``; empty -> nan."""
+    arr = _as_1d(d, "d")
+    if arr.size == 0:
+        return math.nan
+    return float(np.mean((arr > 0) + 0.5 * (arr == 0)))
+
+
+def holm(pvals: Any) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values (step-down, monotone, clipped at 1), in input order.
+
+    NaN p-values stay NaN in the output but still count in the family size m (they are ranked as p = 1), which is
+    the conservative choice.
+    """
+    p = _as_1d(pvals, "pvals")
+    m = p.size
+    if m == 0:
+        return p.copy()
+    nan = np.isnan(p)
+    work = np.where(nan, 1.0, p)
+    order = np.argsort(work, kind="stable")
+    scaled = (m - np.arange(m)) * work[order]
+    adj_sorted = np.minimum(np.maximum.accumulate(scaled), 1.0)
+    out = np.empty(m)
+    out[order] = adj_sorted
+    out[nan] = math.nan
+    return out
+
+
+def tost_paired(d: Any, margin: float = DEFAULT_MARGIN) -> float:
+    """TOST equivalence p-value for the paired differences with bounds ``(-margin, +margin)``.
+
+    Uses ``statsmodels DescrStatsW(d).ttost_mean(-margin, margin)``: the larger of the two one-sided t-test
+    p-values; small p => arm and control are equivalent within the margin. Zero variance: 0.0 if
+    ``|mean| < margin`` else 1.0. n < 2 -> nan.
+    """
+    if not margin > 0:
+        raise ValueError("margin must be > 0")
+    arr = _as_1d(d, "d")
+    if arr.size < 2:
+        return math.nan
+    if np.all(arr == arr[0]):
+        return 0.0 if abs(float(arr[0])) < margin else 1.0
+    from statsmodels.stats.weightstats import DescrStatsW
+
+    pvalue, _, _ = DescrStatsW(arr).ttost_mean(-margin, margin)
+    return float(pvalue)
+
+
+def seeds_for_power(sd: float, margin: float = DEFAULT_MARGIN, power: float = 0.8, alpha: float = ALPHA) -> int:
+    """Paired seeds needed for a two-sided paired t-test at ``alpha`` to detect a mean difference of ``margin``.
+
+    Effect size ``margin / sd``; ``statsmodels TTestPower().solve_power`` then ceil, checked (and if the solver
+    fails, e.g. for very large effects, replaced) by an integer search on ``TTestPower().power`` so that the result
+    is the smallest n >= 2 reaching ``power``. ``sd == 0`` -> 2. NaN sd (fewer than 2 seeds) -> -1, a sentinel
+    meaning "unknown" that keeps tables integer-typed.
+    """
+    if not margin > 0:
+        raise ValueError("margin must be > 0")
+    if not (alpha < power < 1.0) or not (0.0 < alpha < 1.0):
+        raise ValueError("need 0 < alpha < power < 1")
+    sd = float(sd)
+    if math.isnan(sd):
+        return -1
+    if sd < 0:
+        raise ValueError("sd must be >= 0")
+    if sd == 0.0:
+        return 2
+    from statsmodels.stats.power import TTestPower
+
+    tp = TTestPower()
+    es = margin / sd
+
+    def reaches(n: int) -> bool:
+        return bool(tp.power(effect_size=es, nobs=n, alpha=alpha, alternative="two-sided") >= power)
+
+    if reaches(2):
+        return 2
+    with warnings.catch_warnings():
+        # the root finder warns (ConvergenceWarning) and returns nan when the answer is tiny; we search instead
+        warnings.simplefilter("ignore")
+        nobs = tp.solve_power(effect_size=es, nobs=None, alpha=alpha, power=power, alternative="two-sided")
+    nobs = float(np.asarray(nobs).reshape(-1)[0])
+    if math.isfinite(nobs) and nobs > 2:
+        n = max(2, math.ceil(nobs - 1e-9))
+        if reaches(n) and not reaches(n - 1):
+            return n
+    lo, hi = 2, 4  # invariant: not reaches(lo), reaches(hi)
+    while not reaches(hi):
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if reaches(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Comparisons and verdicts
+# --------------------------------------------------------------------------------------------------------------
+
+VERDICT_RULE = f"""\
+Verdict rule (each claim: "arm is {{greater|less}} than control"; d = arm - control per seed, diverged runs
+scored as {FAILURE_VALUE:g} accuracy points, never dropped; alpha = {ALPHA:g} unless stated):
+  p_claim         = one-sided paired t-test p-value of d in the claimed direction
+                    ("greater": H1 mean(d) > 0; "less": H1 mean(d) < 0).
+  p_opposite      = one-sided paired t-test p-value of d in the opposite direction.
+  p_holm          = Holm-Bonferroni adjustment of p_claim over the family of claims tested together.
+  p_holm_opposite = Holm-Bonferroni adjustment of p_opposite over the same family (a separate Holm pass).
+  p_tost          = TOST equivalence p-value of d with bounds (-margin, +margin) (default margin
+                    {DEFAULT_MARGIN:g} points), not adjusted for multiplicity.
+Checked in this order:
+  supported    if p_holm < alpha and mean(d) is in the claimed direction;
+  refuted      if p_holm_opposite < alpha (a significant effect opposite to the claim), or
+               if p_tost < alpha (arm and control equivalent within +/- margin, while the claim predicts an effect);
+  inconclusive otherwise (including undefined p-values, e.g. n < 2).
+A comparison not passed through holm_family is judged as a family of one (unadjusted p-values).
+The Wilcoxon p-value (two-sided), bootstrap CI, d_z and P(improvement) are reported but do not enter the verdict.
+"""
+
+
+@dataclasses.dataclass
+class Comparison:
+    """All statistics of one paired comparison ``arm`` vs ``control`` (see ``compare`` and ``VERDICT_RULE``).
+
+    ``t``/``p_t``: paired t statistic and its ONE-SIDED p-value in the claimed ``direction``;
+    ``p_t_opposite``: one-sided p-value in the opposite direction; ``wilcoxon_stat``/``p_wilcoxon``: two-sided;
+    ``ci_lo``/``ci_hi``: percentile-bootstrap CI of ``mean_diff``; ``sd_diff``: sd of d (ddof=1).
+    ``p_holm``/``p_holm_opposite``/``verdict`` are filled by ``holm_family``.
+    """
+
+    arm: str
+    control: str
+    n: int
+    n_failed_arm: int
+    n_failed_control: int
+    mean_diff: float
+    ci_lo: float
+    ci_hi: float
+    t: float
+    p_t: float
+    wilcoxon_stat: float
+    p_wilcoxon: float
+    dz: float
+    prob_improvement: float
+    p_tost: float
+    margin: float
+    seeds_needed: int
+    p_holm: float = math.nan
+    direction: str = "greater"
+    verdict: str = "pending"
+    p_t_opposite: float = math.nan
+    p_holm_opposite: float = math.nan
+    sd_diff: float = math.nan
+
+    def as_row(self) -> dict[str, Any]:
+        """Fields as an ordered dict (for ``format_table``)."""
+        return dataclasses.asdict(self)
+
+
+def compare(
+    arm_acc: Any,
+    control_acc: Any,
+    arm: str = "arm",
+    control: str = "control",
+    direction: str = "greater",
+    margin: float = DEFAULT_MARGIN,
+    random_state: RandomState = 0,
+    n_boot: int = 10000,
+) -> Comparison:
+    """All statistics on the paired differences ``d = arm_acc - control_acc`` (failures filled, see module doc).
+
+    The p-value used for the verdict (``p_t``) is the ONE-SIDED paired t-test in the claimed ``direction``
+    ("greater" or "less"); ``p_wilcoxon`` is two-sided. ``ci_lo``/``ci_hi`` is a 95% percentile bootstrap CI of
+    mean(d). ``seeds_needed`` uses the observed sd of d. ``p_holm`` and ``verdict`` are left for ``holm_family``.
+    """
+    _check_direction(direction)
+    d, n_fa, n_fc = paired_differences(arm_acc, control_acc)
+    t, p_claim = paired_ttest(d, alternative=direction)
+    _, p_opp = paired_ttest(d, alternative=_opposite(direction))
+    w, p_w = wilcoxon_test(d, alternative="two-sided")
+    lo, hi = bootstrap_ci(d, n_boot=n_boot, random_state=random_state)
+    sd = float(np.std(d, ddof=1)) if d.size > 1 else math.nan
+    return Comparison(
+        arm=arm,
+        control=control,
+        n=int(d.size),
+        n_failed_arm=n_fa,
+        n_failed_control=n_fc,
+        mean_diff=float(np.mean(d)),
+        ci_lo=lo,
+        ci_hi=hi,
+        t=t,
+        p_t=p_claim,
+        wilcoxon_stat=w,
+        p_wilcoxon=p_w,
+        dz=cohens_dz(d),
+        prob_improvement=prob_improvement(d),
+        p_tost=tost_paired(d, margin),
+        margin=float(margin),
+        seeds_needed=seeds_for_power(sd, margin),
+        direction=direction,
+        p_t_opposite=p_opp,
+        sd_diff=sd,
+    )
+
+
+def verdict(c: Comparison, alpha: float = ALPHA) -> str:
+    """Return 'supported', 'refuted' or 'inconclusive' exactly as stated in ``VERDICT_RULE``."""
+    _check_direction(c.direction)
+    p_claim = c.p_holm if not math.isnan(c.p_holm) else c.p_t
+    p_opp = c.p_holm_opposite if not math.isnan(c.p_holm_opposite) else c.p_t_opposite
+    in_direction = c.mean_diff > 0 if c.direction == "greater" else c.mean_diff < 0
+    if p_claim < alpha and in_direction:
+        return "supported"
+    if p_opp < alpha or c.p_tost < alpha:
+        return "refuted"
+    return "inconclusive"
+
+
+def holm_family(comparisons: Sequence[Comparison], alpha: float = ALPHA) -> list[Comparison]:
+    """Holm-adjust a family of comparisons and assign verdicts.
+
+    Returns NEW Comparison objects (the inputs are not modified) with ``p_holm`` (Holm over the family's one-sided
+    ``p_t``), ``p_holm_opposite`` (Holm over the family's ``p_t_opposite``) and ``verdict`` filled.
+    """
+    comps = list(comparisons)
+    if not comps:
+        return []
+    adj = holm([c.p_t for c in comps])
+    adj_opp = holm([c.p_t_opposite for c in comps])
+    out = []
+    for c, p, po in zip(comps, adj, adj_opp):
+        filled = dataclasses.replace(c, p_holm=float(p), p_holm_opposite=float(po))
+        out.append(dataclasses.replace(filled, verdict=verdict(filled, alpha)))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Curves
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _check_curve(x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+    xa = _as_1d(x, "x")
+    ya = _as_1d(y, "y")
+    if xa.shape != ya.shape:
+        raise ValueError("x and y must have the same length")
+    if xa.size == 0:
+        raise ValueError("empty curve")
+    if np.any(np.diff(xa) <= 0):
+        raise ValueError("x must be strictly increasing")
+    return xa, ya
+
+
+def auc(x: Any, y: Any) -> float:
+    """Trapezoidal area under ``y(x)`` divided by the x-range, i.e. the mean height of the curve.
+
+    A single point returns its y. NaN in y propagates.
+    """
+    xa, ya = _check_curve(x, y)
+    if xa.size == 1:
+        return float(ya[0])
+    return float(np.trapezoid(ya, xa) / (xa[-1] - xa[0]))
+
+
+def first_sustained_crossing(x: Any, lo: Any) -> float:
+    """First x from which the lower CI bound ``lo`` stays > 0 until the last point; nan if never.
+
+    NaN in ``lo`` counts as "not > 0".
+    """
+    xa, la = _check_curve(x, lo)
+    not_pos = ~(la > 0)
+    if not not_pos.any():
+        return float(xa[0])
+    last_bad = int(np.flatnonzero(not_pos)[-1])
+    if last_bad == xa.size - 1:
+        return math.nan
+    return float(xa[last_bad + 1])
+
+
+def time_to_target(x: Any, y: Any, target: float) -> float:
+    """First x where ``y >= target``, linearly interpolated between the two surrounding points; nan if never.
+
+    If the first point already reaches the target, returns ``x[0]``; if the point before the crossing is NaN, no
+    interpolation is possible and the crossing point's x is returned.
+    """
+    xa, ya = _check_curve(x, y)
+    hits = np.flatnonzero(ya >= target)
+    if hits.size == 0:
+        return math.nan
+    i = int(hits[0])
+    if i == 0 or not math.isfinite(ya[i - 1]):
+        return float(xa[i])
+    x0, x1, y0, y1 = xa[i - 1], xa[i], ya[i - 1], ya[i]
+    return float(x0 + (target - y0) * (x1 - x0) / (y1 - y0))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Mixed models
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _fit_mixed_or_ols(
+    df: Any, formula: str, ols_formula: str, term: Callable[[Sequence[str]], str]
+) -> dict[str, Any]:
+    """Fit ``mixedlm(formula, groups=seed)``; on failure (exception or non-finite coef/se/p) fall back to OLS."""
+    import statsmodels.formula.api as smf
+
+    caught: list[str] = []
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        try:
+            res = smf.mixedlm(formula, df, groups=df["seed"]).fit(reml=True)
+            name = term(list(res.params.index))
+            coef, se, p = float(res.params[name]), float(res.bse[name]), float(res.pvalues[name])
+            converged = bool(getattr(res, "converged", True))
+            ok = all(math.isfinite(v) for v in (coef, se, p)) and se > 0
+            failure = "" if ok else "non-finite or zero coefficient / standard error"
+        except Exception as exc:  # noqa: BLE001 - any failure of the mixed fit triggers the documented fallback
+            ok, failure = False, f"{type(exc).__name__}: {exc}"
+        caught.extend(f"{w.category.__name__}: {str(w.message).strip()}" for w in rec)
+    if ok:
+        return {"coef": coef, "se": se, "p": p, "converged": converged, "formula": formula, "method": "mixedlm",
+                "term": name, "warnings": caught}
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        res = smf.ols(ols_formula, df).fit()
+        name = term(list(res.params.index))
+        out = {"coef": float(res.params[name]), "se": float(res.bse[name]), "p": float(res.pvalues[name]),
+               "converged": True, "formula": ols_formula, "method": "ols-fixed-seed", "term": name,
+               "mixedlm_error": failure}
+        caught.extend(f"{w.category.__name__}: {str(w.message).strip()}" for w in rec)
+    out["warnings"] = caught
+    return out
+
+
+def _single_term(names: Sequence[str], predicate: Callable[[str], bool], what: str) -> str:
+    hits = [n for n in names if predicate(n)]
+    if len(hits) != 1:
+        raise KeyError(f"expected exactly one {what} term, found {hits}")
+    return hits[0]
+
+
+def mixed_effects_interaction(
+    acc: Any, arm: Any, theta: Any, seed: Any, failure_value: float = FAILURE_VALUE
+) -> dict[str, Any]:
+    """Arm x theta interaction with a random intercept per seed.
+
+    Fits ``mixedlm("acc ~ C(arm, Treatment('control')) * theta", groups=seed)`` (REML). ``arm`` must contain
+    'control' and exactly one other level (the treatment). Failed runs (NaN acc) are filled with
+    ``failure_value``. If the mixed fit raises or gives a non-finite/zero standard error, falls back to OLS with
+    seed fixed effects, ``acc ~ C(arm, Treatment('control')) * theta + C(seed)``.
+
+    Returns {"coef", "se", "p" (two-sided; Wald z for mixedlm, t for OLS), "converged", "formula", "method"
+    ("mixedlm" or "ols-fixed-seed"), "term", "n", "n_failed", "warnings" (messages raised during fitting, recorded
+    rather than printed), and "mixedlm_error" when the fallback was used}.
+    """
+    import pandas as pd
+
+    acc_f, n_failed = fill_failures(_as_1d(acc, "acc"), failure_value)
+    arm_a = np.asarray(arm).astype(str).reshape(-1)
+    theta_a = _as_1d(theta, "theta")
+    seed_a = np.asarray(seed).reshape(-1)
+    n = acc_f.size
+    if not (arm_a.size == theta_a.size == seed_a.size == n):
+        raise ValueError("acc, arm, theta and seed must have the same length")
+    levels = sorted(set(arm_a.tolist()))
+    if "control" not in levels or len(levels) != 2:
+        raise ValueError(f"arm must contain 'control' and exactly one treatment level, got {levels}")
+    if not np.all(np.isfinite(theta_a)):
+        raise ValueError("theta must be finite")
+    df = pd.DataFrame({"acc": acc_f, "arm": arm_a, "theta": theta_a, "seed": seed_a.astype(str)})
+    formula = "acc ~ C(arm, Treatment('control')) * theta"
+    ols_formula = "acc ~ C(arm, Treatment('control')) * theta + C(seed)"
+
+    def term(names: Sequence[str]) -> str:
+        return _single_term(names, lambda s: s.startswith("C(arm") and s.endswith(":theta"), "arm:theta")
+
+    out = _fit_mixed_or_ols(df, formula, ols_formula, term)
+    out.update(n=n, n_failed=n_failed)
+    return out
+
+
+def trend_test(value: Any, t: Any, seed: Any) -> dict[str, Any]:
+    """Slope of ``value ~ log(t)`` with a random intercept per seed (e.g. "the benefit decreases with time").
+
+    ``value`` must be finite (fill failures before deriving it) and ``t`` > 0. Same OLS fallback as
+    ``mixed_effects_interaction`` (``value ~ log_t + C(seed)``). Returns {"coef", "se", "p" (two-sided),
+    "converged", "formula", "method", "term", "n", "warnings"[, "mixedlm_error"]}.
+    """
+    import pandas as pd
+
+    v = _as_1d(value, "value")
+    ta = _as_1d(t, "t")
+    seed_a = np.asarray(seed).reshape(-1)
+    if not (v.size == ta.size == seed_a.size):
+        raise ValueError("value, t and seed must have the same length")
+    if not np.all(np.isfinite(v)):
+        raise ValueError("value must be finite (fill failures before computing derived values)")
+    if not np.all(ta > 0):
+        raise ValueError("t must be > 0")
+    df = pd.DataFrame({"value": v, "log_t": np.log(ta), "seed": seed_a.astype(str)})
+
+    def term(names: Sequence[str]) -> str:
+        return _single_term(names, lambda s: s == "log_t", "log_t")
+
+    out = _fit_mixed_or_ols(df, "value ~ log_t", "value ~ log_t + C(seed)", term)
+    out["n"] = int(v.size)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Tables
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _fmt_cell(v: Any, floatfmt: str) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, (bool, np.bool_)):
+        return str(bool(v))
+    if isinstance(v, numbers.Integral):
+        return str(int(v))
+    if isinstance(v, numbers.Real):
+        f = float(v)
+        return "nan" if math.isnan(f) else format(f, floatfmt)
+    return str(v).replace("|", "\\|").replace("\n", " ")
+
+
+def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None, floatfmt: str = ".3g") -> str:
+    """GitHub-markdown table of ``rows``; ``columns`` default to the keys in order of first appearance.
+
+    Floats use ``floatfmt``; ints and bools are printed as is; missing cells and None are empty; '|' is escaped.
+    """
+    if columns is None:
+        cols: list[str] = []
+        for r in rows:
+            cols.extend(k for k in r if k not in cols)
+    else:
+        cols = list(columns)
+    if not cols:
+        return ""
+    lines = ["| " + " | ".join(_fmt_cell(c, floatfmt) for c in cols) + " |",
+             "| " + " | ".join("---" for _ in cols) + " |"]
+    for r in rows:
+        lines.append("| " + " | ".join(_fmt_cell(r.get(c), floatfmt) for c in cols) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,417 @@
+"""Tests for studies.stats: every expected value is hand-computed or comes from an independent reference."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from studies import stats as S
+
+# --------------------------------------------------------------------------------------------------------------
+# failures and pairing
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_fill_failures_counts_and_replaces_nans_without_touching_input():
+    x = np.array([81.0, np.nan, 79.5, np.nan])
+    filled, n = S.fill_failures(x)
+    assert n == 2
+    np.testing.assert_array_equal(filled, [81.0, 10.0, 79.5, 10.0])
+    assert np.isnan(x[1]) and np.isnan(x[3])  # input not modified
+    filled2, n2 = S.fill_failures([np.nan, 50.0, np.inf], failure_value=0.0)
+    assert n2 == 2
+    np.testing.assert_array_equal(filled2, [0.0, 50.0, 0.0])
+    assert S.fill_failures([1.0, 2.0])[1] == 0
+
+
+def test_paired_differences_fills_then_subtracts():
+    d, na, nc = S.paired_differences([80.0, np.nan, 82.0], [79.0, 78.0, np.nan])
+    np.testing.assert_allclose(d, [1.0, 10.0 - 78.0, 82.0 - 10.0])
+    assert (na, nc) == (1, 1)
+    with pytest.raises(ValueError):
+        S.paired_differences([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError):
+        S.paired_differences([], [])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# intervals
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_mean_ci_t_hand_values():
+    m, lo, hi = S.mean_ci_t([1.0, 2.0, 3.0, 4.0])
+    sd = math.sqrt(((1.5**2) * 2 + (0.5**2) * 2) / 3)  # sample sd of 1..4
+    half = 3.182446305284263 * sd / 2.0  # t_{0.975, 3} from tables, sqrt(4) = 2
+    assert m == pytest.approx(2.5)
+    assert lo == pytest.approx(2.5 - half, rel=1e-9)
+    assert hi == pytest.approx(2.5 + half, rel=1e-9)
+    m1, lo1, hi1 = S.mean_ci_t([7.0])
+    assert m1 == 7.0 and math.isnan(lo1) and math.isnan(hi1)
+    assert S.mean_ci_t([3.0, 3.0, 3.0]) == (3.0, 3.0, 3.0)
+
+
+def test_bootstrap_ci_constant_array_is_the_constant():
+    lo, hi = S.bootstrap_ci(np.full(9, 3.7), n_boot=500, random_state=1)
+    assert lo == pytest.approx(3.7, rel=1e-12) and hi == pytest.approx(3.7, rel=1e-12)
+
+
+def test_bootstrap_ci_matches_naive_loop_with_same_generator():
+    x = np.array([0.3, -1.2, 2.5, 0.0, 4.1, 1.7, -0.6])
+    n_boot = 2000
+    lo, hi = S.bootstrap_ci(x, level=0.9, n_boot=n_boot, random_state=123)
+    rng = np.random.default_rng(123)
+    boot = [np.mean(x[rng.integers(0, x.size, size=x.size)]) for _ in range(n_boot)]
+    ref_lo, ref_hi = np.percentile(boot, [5.0, 95.0])
+    assert lo == pytest.approx(ref_lo, abs=1e-9)
+    assert hi == pytest.approx(ref_hi, abs=1e-9)
+    # an independent generator gives approximately the same interval
+    rng2 = np.random.default_rng(999)
+    boot2 = [np.mean(x[rng2.integers(0, x.size, size=x.size)]) for _ in range(n_boot)]
+    ref2 = np.percentile(boot2, [5.0, 95.0])
+    assert lo == pytest.approx(ref2[0], abs=0.15) and hi == pytest.approx(ref2[1], abs=0.15)
+
+
+def test_bootstrap_ci_statistic_without_axis_and_generator_input():
+    x = np.array([1.0, 5.0, 2.0, 8.0, 3.0])
+    a = S.bootstrap_ci(x, n_boot=300, random_state=np.random.default_rng(5), statistic=np.median)
+    b = S.bootstrap_ci(x, n_boot=300, random_state=5, statistic=lambda s: float(np.median(s)))  # no axis kwarg
+    assert a == pytest.approx(b)
+    with pytest.raises(TypeError):
+        S.bootstrap_ci(x, random_state=None)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# tests on paired differences
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_paired_ttest_hand_formula():
+    d = np.array([1.0, 2.0, 3.0, 4.0, -1.0])
+    n = d.size
+    mean = d.sum() / n
+    sd = math.sqrt(((d - mean) ** 2).sum() / (n - 1))
+    t_hand = mean / (sd / math.sqrt(n))
+    t, p2 = S.paired_ttest(d)
+    assert t == pytest.approx(t_hand, rel=1e-12)
+    assert p2 == pytest.approx(2 * sps.t.sf(abs(t_hand), n - 1), rel=1e-10)
+    assert S.paired_ttest(d, "greater")[1] == pytest.approx(sps.t.sf(t_hand, n - 1), rel=1e-10)
+    assert S.paired_ttest(d, "less")[1] == pytest.approx(sps.t.cdf(t_hand, n - 1), rel=1e-10)
+
+
+def test_paired_ttest_zero_variance():
+    assert S.paired_ttest([0.0, 0.0, 0.0]) == (0.0, 1.0)
+    assert S.paired_ttest([0.0, 0.0, 0.0], "greater") == (0.0, 1.0)
+    assert S.paired_ttest([2.0, 2.0], "two-sided") == (math.inf, 0.0)
+    assert S.paired_ttest([2.0, 2.0], "greater") == (math.inf, 0.0)
+    assert S.paired_ttest([2.0, 2.0], "less") == (math.inf, 1.0)
+    assert S.paired_ttest([-2.0, -2.0], "less") == (-math.inf, 0.0)
+    assert S.paired_ttest([-2.0, -2.0], "greater") == (-math.inf, 1.0)
+    assert all(math.isnan(v) for v in S.paired_ttest([1.0]))
+
+
+def test_wilcoxon_exact_hand_values():
+    # |d| ranks 1..5; W+ = 1+2+4+5 = 12, W- = 3. Under H0 each of 2^5 sign patterns is equally likely;
+    # subsets of {1..5} with sum <= 3: {}, {1}, {2}, {3}, {1,2} -> 5, so P(W+ >= 12) = 5/32.
+    d = [1.0, 2.0, -3.0, 4.0, 5.0]
+    stat, p = S.wilcoxon_test(d)
+    assert stat == 3.0 and p == pytest.approx(10 / 32)
+    stat_g, p_g = S.wilcoxon_test(d, "greater")
+    assert stat_g == 12.0 and p_g == pytest.approx(5 / 32)
+    assert S.wilcoxon_test([0.0, 0.0, 0.0]) == (0.0, 1.0)
+
+
+def test_cohens_dz_by_hand():
+    assert S.cohens_dz([1.0, 2.0, 3.0]) == pytest.approx(2.0)  # mean 2, sd 1
+    assert S.cohens_dz([-1.0, 1.0, 3.0]) == pytest.approx(0.5)  # mean 1, sd 2
+    assert S.cohens_dz([0.0, 0.0]) == 0.0
+    assert S.cohens_dz([1.5, 1.5]) == math.inf
+    assert S.cohens_dz([-1.5, -1.5]) == -math.inf
+
+
+def test_prob_improvement_by_hand():
+    assert S.prob_improvement([1.0, 0.0, -1.0, 2.0]) == pytest.approx(2.5 / 4)
+    assert S.prob_improvement([-1.0, -2.0]) == 0.0
+    assert S.prob_improvement([0.0]) == 0.5
+
+
+def test_holm_hand_example():
+    # sorted: 0.005 (x4) = 0.02, 0.01 (x3) = 0.03, 0.03 (x2) = 0.06, 0.04 (x1) = 0.04 -> running max 0.06
+    adj = S.holm([0.01, 0.04, 0.03, 0.005])
+    np.testing.assert_allclose(adj, [0.03, 0.06, 0.06, 0.02])
+    np.testing.assert_allclose(S.holm([0.5, 0.6]), [1.0, 1.0])  # clipped at 1
+    out = S.holm([0.01, np.nan])  # NaN counts in m and stays NaN
+    assert out[0] == pytest.approx(0.02) and np.isnan(out[1])
+
+
+def test_holm_matches_statsmodels():
+    from statsmodels.stats.multitest import multipletests
+
+    rng = np.random.default_rng(0)
+    for m in (1, 2, 5, 17):
+        p = rng.uniform(0, 0.2, size=m)
+        p[: m // 3] = p[0]  # ties
+        ref = multipletests(p, method="holm")[1]
+        np.testing.assert_allclose(S.holm(p), ref, rtol=1e-12)
+
+
+def test_tost_equivalent_and_shifted():
+    rng = np.random.default_rng(2)
+    eq = rng.normal(0.0, 0.2, size=30)
+    assert S.tost_paired(eq, margin=0.5) < 0.05
+    shifted = 2.0 + rng.normal(0.0, 0.2, size=30)
+    assert S.tost_paired(shifted, margin=0.5) > 0.5
+    # against the textbook two one-sided t-tests
+    d = np.array([0.1, -0.3, 0.4, 0.2, -0.1, 0.25])
+    n, m, se = d.size, d.mean(), d.std(ddof=1) / math.sqrt(d.size)
+    p_lower = sps.t.sf((m + 0.5) / se, n - 1)  # H0: mean <= -0.5
+    p_upper = sps.t.cdf((m - 0.5) / se, n - 1)  # H0: mean >= +0.5
+    assert S.tost_paired(d, 0.5) == pytest.approx(max(p_lower, p_upper), rel=1e-9)
+    assert S.tost_paired([0.1, 0.1, 0.1]) == 0.0
+    assert S.tost_paired([0.7, 0.7]) == 1.0
+
+
+def _power_two_sided(n: int, es: float, alpha: float = 0.05) -> float:
+    df = n - 1
+    crit = sps.t.ppf(1 - alpha / 2, df)
+    nc = es * math.sqrt(n)
+    return float(sps.nct.sf(crit, df, nc) + sps.nct.cdf(-crit, df, nc))
+
+
+def test_seeds_for_power_vs_normal_bound_and_noncentral_t():
+    z = sps.norm.ppf(0.975) + sps.norm.ppf(0.8)
+    for sd in (0.3, 0.5, 1.0, 2.0):
+        n = S.seeds_for_power(sd, margin=0.5)
+        bound = (z * sd / 0.5) ** 2
+        assert n >= math.ceil(bound)
+        assert n <= bound + 4  # the t correction adds about z^2/2 ~ 2 seeds
+        es = 0.5 / sd
+        assert _power_two_sided(n, es) >= 0.8
+        if n > 2:
+            assert _power_two_sided(n - 1, es) < 0.8
+    ns = [S.seeds_for_power(sd) for sd in (0.01, 0.1, 0.3, 0.5, 1.0, 2.0, 4.0)]
+    assert np.all(np.diff(ns) >= 0)
+    assert ns[-1] > ns[2]
+    assert S.seeds_for_power(0.0) == 2
+    assert S.seeds_for_power(float("nan")) == -1
+
+
+# --------------------------------------------------------------------------------------------------------------
+# compare / verdicts
+# --------------------------------------------------------------------------------------------------------------
+
+CONTROL = np.array([80.1, 79.4, 81.0, 80.6, 79.8, 80.3, 80.9, 79.7, 80.2, 80.5])
+NOISE = np.array([0.3, -0.2, 0.1, -0.4, 0.2, 0.0, -0.1, 0.4, -0.3, 0.1])
+
+
+def test_compare_fields_match_independent_computations():
+    arm = CONTROL + 1.0 + NOISE
+    arm_nan = arm.copy()
+    arm_nan[3] = np.nan
+    c = S.compare(arm_nan, CONTROL, arm="hebb", control="sgd", direction="greater", n_boot=2000)
+    d = arm_nan.copy()
+    d[3] = 10.0
+    d = d - CONTROL
+    assert (c.arm, c.control, c.n, c.n_failed_arm, c.n_failed_control) == ("hebb", "sgd", 10, 1, 0)
+    assert c.mean_diff == pytest.approx(d.mean())
+    ref = sps.ttest_1samp(d, 0.0, alternative="greater")
+    assert c.t == pytest.approx(ref.statistic) and c.p_t == pytest.approx(ref.pvalue)
+    assert c.p_t_opposite == pytest.approx(sps.ttest_1samp(d, 0.0, alternative="less").pvalue)
+    assert c.p_wilcoxon == pytest.approx(sps.wilcoxon(d).pvalue)
+    assert c.sd_diff == pytest.approx(np.std(d, ddof=1))
+    assert c.ci_lo <= c.mean_diff <= c.ci_hi
+    assert c.verdict == "pending" and math.isnan(c.p_holm)
+    c_less = S.compare(arm, CONTROL, direction="less", n_boot=200)
+    assert c_less.p_t == pytest.approx(sps.ttest_1samp(arm - CONTROL, 0.0, alternative="less").pvalue)
+    row = c.as_row()
+    assert list(row)[:3] == ["arm", "control", "n"] and row["n_failed_arm"] == 1
+    with pytest.raises(ValueError):
+        S.compare(arm, CONTROL, direction="two-sided")
+
+
+def test_verdict_table_on_constructed_cases():
+    cases = {
+        "clear improvement": (CONTROL + 2.0 + NOISE, CONTROL, "supported"),
+        "clear harm": (CONTROL - 2.0 + NOISE, CONTROL, "refuted"),
+        # mean diff 0.05 with sd ~2 on 5 seeds: neither significant nor equivalent within 0.5
+        "tiny noisy": (CONTROL[:5] + np.array([2.05, -1.95, 1.55, -1.45, 0.05]), CONTROL[:5], "inconclusive"),
+        # mean diff 0 with sd 0.1 on 40 seeds: equivalent within +-0.5 -> the claimed effect is refuted
+        "equivalent": (np.tile(CONTROL, 4) + np.tile([0.1, -0.1], 20), np.tile(CONTROL, 4), "refuted"),
+    }
+    comps = [S.compare(a, c, arm=name, n_boot=200) for name, (a, c, _) in cases.items()]
+    for c, (name, (_, _, expected)) in zip(comps, cases.items()):
+        assert S.holm_family([c])[0].verdict == expected, name  # family of one
+    fam = S.holm_family(comps)
+    assert [c.verdict for c in fam] == [e for (_, _, e) in cases.values()]
+    np.testing.assert_allclose([c.p_holm for c in fam], S.holm([c.p_t for c in comps]))
+    assert all(c.verdict == "pending" for c in comps)  # inputs untouched
+    # "less" direction: a harm claimed as harm is supported
+    harm = S.compare(CONTROL - 2.0 + NOISE, CONTROL, direction="less", n_boot=200)
+    assert S.holm_family([harm])[0].verdict == "supported"
+
+
+def _fake(p_t: float, p_opp: float, p_tost: float = 0.9, mean_diff: float = 1.0, direction: str = "greater"):
+    return S.Comparison(
+        arm="a", control="c", n=10, n_failed_arm=0, n_failed_control=0, mean_diff=mean_diff, ci_lo=0.0, ci_hi=0.0,
+        t=0.0, p_t=p_t, wilcoxon_stat=0.0, p_wilcoxon=0.5, dz=0.0, prob_improvement=0.5, p_tost=p_tost, margin=0.5,
+        seeds_needed=10, direction=direction, p_t_opposite=p_opp,
+    )
+
+
+def test_holm_family_adjustment_changes_verdicts():
+    # claim p = 0.02 alone -> supported; in a family of 3 Holm gives 3 * 0.02 = 0.06 -> inconclusive
+    assert S.verdict(_fake(0.02, 0.98)) == "supported"
+    fam = S.holm_family([_fake(0.02, 0.98), _fake(0.5, 0.5, mean_diff=0.0), _fake(0.7, 0.3, mean_diff=-0.1)])
+    assert fam[0].p_holm == pytest.approx(0.06)
+    assert [c.verdict for c in fam] == ["inconclusive"] * 3
+    # opposite direction: 0.02 * 3 = 0.06 not refuted, 0.01 * 3 = 0.03 refuted
+    fam = S.holm_family([_fake(0.98, 0.02, mean_diff=-1), _fake(0.5, 0.5), _fake(0.5, 0.5)])
+    assert fam[0].verdict == "inconclusive"
+    fam = S.holm_family([_fake(0.99, 0.01, mean_diff=-1), _fake(0.5, 0.5), _fake(0.5, 0.5)])
+    assert fam[0].p_holm_opposite == pytest.approx(0.03) and fam[0].verdict == "refuted"
+    # significant p but mean in the wrong direction is not support
+    assert S.verdict(_fake(0.01, 0.99, mean_diff=-0.2)) == "inconclusive"
+    assert S.verdict(_fake(0.01, 0.99, mean_diff=-0.2, direction="less")) == "supported"
+    # TOST alone refutes; NaN p-values are inconclusive
+    assert S.verdict(_fake(0.4, 0.6, p_tost=0.01)) == "refuted"
+    assert S.verdict(_fake(math.nan, math.nan, p_tost=math.nan)) == "inconclusive"
+    assert "supported" in S.VERDICT_RULE and "Holm" in S.VERDICT_RULE and "TOST" in S.VERDICT_RULE
+
+
+# --------------------------------------------------------------------------------------------------------------
+# curves
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_auc_straight_line_and_triangle():
+    x = np.array([0.0, 1.0, 2.0, 4.0])
+    assert S.auc(x, 2 * x + 1) == pytest.approx(5.0)  # mean height of 2x+1 on [0, 4] = 1 + 2 * 2
+    assert S.auc([0.0, 1.0, 2.0], [0.0, 1.0, 0.0]) == pytest.approx(0.5)  # area 1 over range 2
+    assert S.auc([3.0], [42.0]) == 42.0
+    with pytest.raises(ValueError):
+        S.auc([0.0, 0.0], [1.0, 2.0])
+
+
+def test_time_to_target_interpolation():
+    x, y = [0.0, 10.0, 20.0], [50.0, 70.0, 90.0]
+    assert S.time_to_target(x, y, 80.0) == pytest.approx(15.0)
+    assert S.time_to_target(x, y, 55.0) == pytest.approx(2.5)
+    assert S.time_to_target(x, y, 70.0) == pytest.approx(10.0)
+    assert S.time_to_target(x, y, 40.0) == 0.0
+    assert math.isnan(S.time_to_target(x, y, 95.0))
+    # first crossing, not the last one
+    assert S.time_to_target([0.0, 1.0, 2.0, 3.0], [0.0, 4.0, 1.0, 8.0], 2.0) == pytest.approx(0.5)
+
+
+def test_first_sustained_crossing_cases():
+    x = [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert S.first_sustained_crossing(x, [-1.0, 0.5, -0.2, 0.3, 0.4]) == 4.0
+    assert S.first_sustained_crossing(x, [0.1, 0.5, 0.2, 0.3, 0.4]) == 1.0
+    assert math.isnan(S.first_sustained_crossing(x, [0.1, 0.5, 0.2, 0.3, -0.4]))
+    assert math.isnan(S.first_sustained_crossing(x, [0.1, 0.5, 0.2, 0.3, np.nan]))
+    assert S.first_sustained_crossing(x, [-1.0, 0.0, 0.1, 0.3, 0.4]) == 3.0  # 0 is not > 0
+
+
+# --------------------------------------------------------------------------------------------------------------
+# mixed models
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _interaction_data(slope: float, n_seeds: int = 16, noise: float = 0.1, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    thetas = np.linspace(0.0, 1.0, 5)
+    seed_effect = rng.normal(0.0, 1.0, size=n_seeds)
+    acc, arm, theta, sd = [], [], [], []
+    for s in range(n_seeds):
+        for th in thetas:
+            for a in ("control", "hebb"):
+                treat = a == "hebb"
+                acc.append(80.0 + seed_effect[s] + 2.0 * th + treat * (1.0 + slope * th) + rng.normal(0.0, noise))
+                arm.append(a)
+                theta.append(th)
+                sd.append(s)
+    return np.array(acc), np.array(arm), np.array(theta), np.array(sd)
+
+
+def test_mixed_effects_interaction_recovers_slope():
+    acc, arm, theta, seed = _interaction_data(slope=3.0)
+    res = S.mixed_effects_interaction(acc, arm, theta, seed)
+    assert res["method"] == "mixedlm"
+    assert res["coef"] == pytest.approx(3.0, abs=0.15)
+    assert res["p"] < 0.05 and res["se"] > 0
+    assert "hebb" in res["term"] and res["n"] == acc.size and res["n_failed"] == 0
+
+
+def test_mixed_effects_interaction_null_and_failures():
+    acc, arm, theta, seed = _interaction_data(slope=0.0, seed=1)
+    res = S.mixed_effects_interaction(acc, arm, theta, seed)
+    assert abs(res["coef"]) < 0.15 and abs(res["coef"]) < 4 * res["se"]
+    acc2 = acc.copy()
+    acc2[0] = np.nan
+    assert S.mixed_effects_interaction(acc2, arm, theta, seed)["n_failed"] == 1
+    with pytest.raises(ValueError):
+        S.mixed_effects_interaction(acc, np.where(arm == "control", "base", arm), theta, seed)
+
+
+def test_mixed_effects_fallback_to_ols(monkeypatch):
+    import statsmodels.formula.api as smf
+
+    def broken(*args, **kwargs):
+        raise np.linalg.LinAlgError("Singular matrix")
+
+    monkeypatch.setattr(smf, "mixedlm", broken)
+    acc, arm, theta, seed = _interaction_data(slope=-2.0)
+    res = S.mixed_effects_interaction(acc, arm, theta, seed)
+    assert res["method"] == "ols-fixed-seed" and "C(seed)" in res["formula"] and "Singular" in res["mixedlm_error"]
+    assert res["coef"] == pytest.approx(-2.0, abs=0.15) and res["p"] < 0.05
+    v, t, s = _trend_data(-1.5)
+    assert S.trend_test(v, t, s)["method"] == "ols-fixed-seed"
+
+
+def _trend_data(slope: float, seed: int = 3):
+    rng = np.random.default_rng(seed)
+    t = np.tile([1.0, 2.0, 4.0, 8.0, 16.0], 12)
+    s = np.repeat(np.arange(12), 5)
+    v = 5.0 + slope * np.log(t) + np.repeat(rng.normal(0.0, 1.0, 12), 5) + rng.normal(0.0, 0.2, size=t.size)
+    return v, t, s
+
+
+def test_trend_test_recovers_log_slope():
+    res = S.trend_test(*_trend_data(-1.5))
+    assert res["coef"] == pytest.approx(-1.5, abs=0.1) and res["p"] < 0.05
+    null = S.trend_test(*_trend_data(0.0, seed=4))
+    assert abs(null["coef"]) < 0.1 and abs(null["coef"]) < 4 * null["se"]
+    with pytest.raises(ValueError):
+        S.trend_test([1.0, np.nan], [1.0, 2.0], [0, 0])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# tables
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_format_table_by_hand():
+    rows = [{"arm": "hebb", "n": 10, "p": 0.012345, "ok": True}, {"arm": "a|b", "n": 3, "p": float("nan")}]
+    expected = (
+        "| arm | n | p | ok |\n"
+        "| --- | --- | --- | --- |\n"
+        "| hebb | 10 | 0.0123 | True |\n"
+        "| a\\|b | 3 | nan |  |"
+    )
+    assert S.format_table(rows) == expected
+    assert S.format_table(rows, columns=["n"], floatfmt=".2f") == "| n |\n| --- |\n| 10 |\n| 3 |"
+    assert S.format_table([{"x": 1.5}], floatfmt=".2f").endswith("| 1.50 |")
+
+
+def test_comparison_dataclass_has_required_fields():
+    names = {f.name for f in dataclasses.fields(S.Comparison)}
+    required = {
+        "arm", "control", "n", "n_failed_arm", "n_failed_control", "mean_diff", "ci_lo", "ci_hi", "t", "p_t",
+        "wilcoxon_stat", "p_wilcoxon", "dz", "prob_improvement", "p_tost", "margin", "seeds_needed", "p_holm",
+        "direction", "verdict",
+    }
+    assert required <= names
