@@ -26,6 +26,13 @@ def tracking_uri(flag: str | None = None) -> str:
     return f"sqlite:///{STORE / 'mlflow.db'}"
 
 
+def ensure_sqlite_dir(uri: str) -> str:
+    """Create the folder of a sqlite:/// URI's file (sqlite won't)."""
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    return uri
+
+
 def ui_command(uri: str) -> str:
     return f"mlflow ui --backend-store-uri {uri}"
 
@@ -89,7 +96,7 @@ class Tracker:
         import mlflow
         from mlflow.tracking import MlflowClient
 
-        self.uri = tracking_uri(uri)
+        self.uri = ensure_sqlite_dir(tracking_uri(uri))
         mlflow.set_tracking_uri(self.uri)
         self.client = MlflowClient(tracking_uri=self.uri)
         exp = self.client.get_experiment_by_name(experiment)

@@ -347,7 +347,7 @@ def _log_curve_plot(result: RunResult, run, out_dir: Path | None, cfg: TrainConf
 
     from hat.plots import plot_run_curve
 
-    folder = Path(out_dir) if out_dir else Path(tempfile.mkdtemp())
+    folder = Path(out_dir) / "plots" if out_dir else Path(tempfile.mkdtemp())
     folder.mkdir(parents=True, exist_ok=True)
     path = plot_run_curve(result.curve, folder / f"curve_{cfg.rule}_seed{cfg.seed}.png", f"{cfg.rule}, seed {cfg.seed}")
     run.log_artifact(path, "plots")

@@ -1,0 +1,463 @@
+"""`fused` backend: analytic forward/backward of the MLP rule, block by block, pure torch.
+
+Structure exploited. The first layer of M is linear in the per-synapse inputs, so the
+pre-activation of hidden unit h at (sample b, output o, input i) is an outer SUM
+
+    z[b, o, i, h] = U[o, i, h] + P[b, i, h] + Q[b, o, h]
+    U = b1 + c * w[o, i] + f * grad[o, i]      (the w/grad part, (O, I, H))
+    P = a * pre[b, i]                          ((B, I, H))
+    Q = e * post[b, o]                         ((B, O, H))
+
+with a, c, e, f the columns of W1 that multiply pre, w, post, grad (absent inputs drop
+their term). Only z of one (batch block, output block) exists at a time: it is built
+from U, P, Q by two broadcast adds into a preallocated buffer, activated in place and
+reduced. Nothing of size B*O*I*H is kept between forward and backward: the backward
+pass rebuilds z block by block (two adds, cheap) instead.
+
+Backward. With upstream weight gamma[b, o, i] (= G[o, i] / B for `mlp_delta`,
+= Gd[b, o] * pre[b, i] for `mlp_per_sample_drive`) and m = act'(z):
+
+    gz = gamma * w2_h * m
+    S[o, i, h] = sum_b gamma m        T[b, i, h] = sum_o gamma m        V[b, o, h] = sum_i gamma m
+    d w    = S @ (c w2)          d grad = S @ (f w2)
+    d pre  = T @ (a w2)          d post = V @ (e w2)
+    d b1   = w2 * sum_{o,i} S
+    d W1[:, w]    = w2 * sum_{o,i} w S        d W1[:, grad] = w2 * sum_{o,i} grad S
+    d W1[:, pre]  = w2 * sum_{b,i} pre T      d W1[:, post] = w2 * sum_{b,o} post V
+    d w2 = sum_{b,o,i} gamma * act(z)          d b2 = sum_{b,o,i} gamma
+
+For the delta, gamma does not depend on b, so S = g * sum_b m and d w2 needs only
+hs = sum_b act(z) (O, I, H), which the forward pass keeps when w2 needs a gradient.
+For the drive, the per-sample sums over o and i with weight Gd[b, o] or pre[b, i]
+are batched matrix-vector products (bmm), and there is the direct term
+d pre[b, i] += sum_o Gd[b, o] M(b, o, i).
+
+All per-block reductions write into preallocated buffers (`out=`), because large
+temporary allocations (page faults on first touch) cost as much as the arithmetic on
+CPU. Every step is a single streaming pass over an in-cache block: forward ~4 passes,
+backward ~7-9 passes of B*O*I*H elements each. Double backward is not supported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+INPUT_NAMES = ("pre", "w", "post", "grad")
+
+# Largest block (elements of the (bb, ob, I, H) pre-activation buffer) used regardless
+# of the budget: bigger blocks fall out of cache and are no faster (measured on CPU).
+BLOCK_CAP_ELEMS = 2**22
+# Preferred number of output units per block (reductions over o need a few of them).
+PREFERRED_OB = 16
+
+# Largest pre-activation block (elements) allocated by the last call; tests read it to
+# check that the working set follows the budget, not B*O*I*H.
+stats = {"max_block_elems": 0, "blocks": 0}
+
+
+def plan_blocks(b: int, o: int, i: int, hidden: int, itemsize: int, budget: int,
+                cap: int = BLOCK_CAP_ELEMS) -> tuple[int, int]:
+    """(batch block, output block) so that one block's buffers fit `budget` bytes.
+
+    Per block the backend holds the (bb, ob, I, H) pre-activations plus about three
+    (ob, I, H) / (bb, I, H) slabs (U, S and reduction scratch), so the count is
+    (bb + 3) * ob * I * H elements; at least one (sample, output unit) pair per block.
+    """
+    elems = min(max(1, budget // itemsize), cap)
+    pairs = max(1, elems // (i * hidden))  # (bb + 3) * ob
+    ob = max(1, min(o, PREFERRED_OB, pairs // 4))
+    bb = max(1, min(b, pairs // ob - 3))
+    if bb == b:  # whole batch in one block: spend the rest on output units
+        ob = max(1, min(o, pairs // (b + 3)))
+    return bb, ob
+
+
+@dataclass
+class _Setup:
+    """Per-call constants: coefficient columns and the sample-dependent parts P and Q."""
+
+    a: Tensor | None
+    c: Tensor | None
+    e: Tensor | None
+    f: Tensor | None
+    P: Tensor | None  # (B, I, H)
+    Q: Tensor | None  # (B, O, H)
+
+
+def _columns(w1: Tensor, inputs: tuple[str, ...]):
+    col = {k: w1[:, d] for d, k in enumerate(inputs)}
+    return col.get("pre"), col.get("w"), col.get("post"), col.get("grad")
+
+
+def _setup(pre, post, w1, inputs) -> _Setup:
+    a, c, e, f = _columns(w1, inputs)
+    P = None if a is None else pre[:, :, None] * a
+    Q = None if e is None else post[:, :, None] * e
+    return _Setup(a, c, e, f, P, Q)
+
+
+def _u_block(st: _Setup, w: Tensor, grad: Tensor | None, b1: Tensor, os_: slice) -> Tensor:
+    """(ob, I, H): the sample-independent part of z for output units `os_`."""
+    u = b1.expand(w[os_].shape + b1.shape).clone()
+    if st.c is not None:
+        u.addcmul_(w[os_, :, None], st.c)
+    if st.f is not None:
+        u.addcmul_(grad[os_, :, None], st.f)
+    return u
+
+
+def _build(z: Tensor, u: Tensor, st: _Setup, bs: slice, os_: slice) -> Tensor:
+    """z[b, o, i, h] = U[o, i, h] + P[b, i, h] + Q[b, o, h] for the block, into `z`."""
+    if st.P is not None:
+        torch.add(u.unsqueeze(0), st.P[bs].unsqueeze(1), out=z)
+    else:
+        z.copy_(u.unsqueeze(0).expand_as(z))
+    if st.Q is not None:
+        z.add_(st.Q[bs, os_].unsqueeze(2))
+    return z
+
+
+def _act_(z: Tensor, act: str) -> Tensor:
+    return z.relu_() if act == "relu" else z.tanh_()
+
+
+def _deriv_from_act_(h: Tensor, act: str) -> Tensor:
+    """act'(z) in place from h = act(z): relu -> (h > 0), tanh -> 1 - h^2."""
+    if act == "relu":
+        return h.gt_(0)
+    return torch.addcmul(torch.ones((), dtype=h.dtype, device=h.device), h, h, value=-1, out=h)
+
+
+class _Blocks:
+    """Iteration over (output block, batch block) with preallocated buffers."""
+
+    def __init__(self, pre: Tensor, w: Tensor, hidden: int, budget: int):
+        self.B, self.I = pre.shape
+        self.O = w.shape[0]
+        self.H = hidden
+        self.bb, self.ob = plan_blocks(self.B, self.O, self.I, hidden, pre.element_size(), budget)
+        n = self.bb * self.ob * self.I * self.H
+        self.zbuf = torch.empty(n, dtype=pre.dtype, device=pre.device)
+        stats["max_block_elems"] = n
+        stats["blocks"] = 0
+
+    def o_blocks(self):
+        for o0 in range(0, self.O, self.ob):
+            yield slice(o0, min(self.O, o0 + self.ob))
+
+    def b_blocks(self):
+        for b0 in range(0, self.B, self.bb):
+            yield slice(b0, min(self.B, b0 + self.bb))
+
+    def z(self, bs: slice, os_: slice) -> Tensor:
+        m, n = bs.stop - bs.start, os_.stop - os_.start
+        stats["blocks"] += 1
+        return self.zbuf[: m * n * self.I * self.H].view(m, n, self.I, self.H)
+
+
+def _scratch(shape, like: Tensor) -> Tensor:
+    return torch.empty(shape, dtype=like.dtype, device=like.device)
+
+
+# ----------------------------------------------------------------------------- delta
+
+
+def _delta_forward(pre, w, post, grad, w1, b1, w2, b2, act, inputs, budget, keep_hs: bool):
+    st = _setup(pre, post, w1, inputs)
+    blk = _Blocks(pre, w, w1.shape[0], budget)
+    B, I, H = blk.B, blk.I, blk.H
+    out = _scratch((blk.O, I), pre)
+    hs_all = _scratch((blk.O, I, H), pre) if keep_hs else None
+    hs_buf = _scratch((blk.ob, I, H), pre)
+    tmp = _scratch((blk.ob, I, H), pre)
+    for os_ in blk.o_blocks():
+        n = os_.stop - os_.start
+        u = _u_block(st, w, grad, b1, os_)
+        hs = hs_all[os_] if keep_hs else hs_buf[:n]
+        for k, bs in enumerate(blk.b_blocks()):
+            z = _act_(_build(blk.z(bs, os_), u, st, bs, os_), act)
+            if k == 0:
+                torch.sum(z, 0, out=hs)
+            else:
+                torch.sum(z, 0, out=tmp[:n])
+                hs.add_(tmp[:n])
+        torch.mv(hs.view(n * I, H), w2, out=out[os_].view(n * I))
+    out.div_(B).add_(b2)
+    return out, hs_all
+
+
+def _delta_backward(G, pre, w, post, grad, w1, b1, w2, hs_all, act, inputs, budget, needs):
+    n_pre, n_w, n_post, n_grad, n_w1, n_b1, n_w2, n_b2 = needs
+    st = _setup(pre, post, w1, inputs)
+    blk = _Blocks(pre, w, w1.shape[0], budget)
+    B, O, I, H = blk.B, blk.O, blk.I, blk.H
+    g = G / B
+    need_S = n_w or n_grad or n_w1 or n_b1
+    need_T = n_pre or (n_w1 and st.a is not None)
+    need_V = n_post or (n_w1 and st.e is not None)
+    need_m = need_S or need_T or need_V
+    need_hs = n_w2 and hs_all is None
+
+    acc = {k: torch.zeros(H, dtype=pre.dtype, device=pre.device) for k in ("b1", "c", "f", "w2")}
+    dw = _scratch((O, I), pre) if n_w else None
+    dgrad = _scratch((O, I), pre) if n_grad and st.f is not None else None
+    T = torch.zeros((B, I, H), dtype=pre.dtype, device=pre.device) if need_T else None
+    V = _scratch((B, O, H), pre) if need_V else None
+    S_buf = _scratch((blk.ob, I, H), pre)
+    hs_buf = _scratch((blk.ob, I, H), pre)
+    tmp = _scratch((blk.ob, I, H), pre)
+    tmpT = _scratch((blk.bb, I, H), pre)
+    tmpV = _scratch((blk.bb, blk.ob, H), pre)
+
+    if need_m or need_hs:
+        for os_ in blk.o_blocks():
+            n = os_.stop - os_.start
+            u = _u_block(st, w, grad, b1, os_)
+            S, hs = S_buf[:n], hs_buf[:n]
+            g_blk = g[os_]
+            for k, bs in enumerate(blk.b_blocks()):
+                m_ = bs.stop - bs.start
+                z = _build(blk.z(bs, os_), u, st, bs, os_)
+                if need_hs:
+                    _act_(z, act)
+                    _sum_into(z, hs, tmp[:n], k == 0)
+                    if not need_m:
+                        continue
+                    _deriv_from_act_(z, act)
+                elif act == "relu":
+                    z.gt_(0)
+                else:
+                    _deriv_from_act_(z.tanh_(), act)
+                if need_S:  # S = g * sum_b m (g does not depend on b)
+                    _sum_into(z, S, tmp[:n], k == 0)
+                if need_T or need_V:
+                    z.mul_(g_blk[None, :, :, None])
+                    if need_T:
+                        torch.sum(z, 1, out=tmpT[:m_])
+                        T[bs].add_(tmpT[:m_])
+                    if need_V:
+                        torch.sum(z, 2, out=tmpV[:m_, :n])
+                        V[bs, os_] = tmpV[:m_, :n]
+            if need_hs:
+                acc["w2"] += hs.reshape(n * I, H).T @ g_blk.reshape(n * I)
+            if need_S:
+                S.mul_(g_blk[:, :, None])
+                _finish_S(S, w[os_], None if grad is None else grad[os_], st, w2, acc, dw, dgrad, os_)
+    if n_w2 and hs_all is not None:
+        acc["w2"] = hs_all.reshape(O * I, H).T @ g.reshape(O * I)
+    return _assemble(pre, post, w1, w2, st, inputs, needs, acc, T, V, dw, dgrad, db2=G.sum())
+
+
+def _sum_into(z: Tensor, acc: Tensor, tmp: Tensor, first: bool) -> None:
+    """acc (+)= z.sum(0) without allocating."""
+    if first:
+        torch.sum(z, 0, out=acc)
+    else:
+        torch.sum(z, 0, out=tmp)
+        acc.add_(tmp)
+
+
+def _finish_S(S, w_blk, grad_blk, st, w2, acc, dw, dgrad, os_):
+    """Consume one output block of S[o, i, h] = sum_b gamma m."""
+    n, I, H = S.shape
+    S2 = S.view(n * I, H)
+    acc["b1"] += S2.sum(0)
+    if st.c is not None:
+        acc["c"] += S2.T @ w_blk.reshape(n * I)
+    if st.f is not None:
+        acc["f"] += S2.T @ grad_blk.reshape(n * I)
+    if dw is not None:
+        dw[os_] = (S2 @ (st.c * w2)).view(n, I) if st.c is not None else 0
+    if dgrad is not None:
+        dgrad[os_] = (S2 @ (st.f * w2)).view(n, I)
+
+
+def _assemble(pre, post, w1, w2, st, inputs, needs, acc, T, V, dw, dgrad, db2, dpre_direct=None):
+    """Turn the block sums into the gradients of (pre, w, post, grad, w1, b1, w2, b2)."""
+    n_pre, n_w, n_post, n_grad, n_w1, n_b1, n_w2, n_b2 = needs
+    B, I = pre.shape
+    O = post.shape[1]
+    H = w1.shape[0]
+    dpre = dpost = dW1 = None
+    if n_pre:
+        dpre = torch.zeros_like(pre) if dpre_direct is None else dpre_direct
+        if st.a is not None:
+            dpre = dpre + (T.view(B * I, H) @ (st.a * w2)).view(B, I)
+    if n_post:
+        dpost = torch.zeros_like(post) if st.e is None else (V.view(B * O, H) @ (st.e * w2)).view(B, O)
+    if n_grad and dgrad is None:
+        dgrad = w2.new_zeros(O, I)
+    if n_w1:
+        cols = []
+        for k in inputs:
+            if k == "pre":
+                col = T.view(B * I, H).T @ pre.reshape(B * I)
+            elif k == "post":
+                col = V.view(B * O, H).T @ post.reshape(B * O)
+            elif k == "w":
+                col = acc["c"]
+            else:
+                col = acc["f"]
+            cols.append(w2 * col)
+        dW1 = torch.stack(cols, 1)
+    db1 = w2 * acc["b1"] if n_b1 else None
+    dw2 = acc["w2"] if n_w2 else None
+    return dpre, dw, dpost, dgrad, dW1, db1, dw2, (db2 if n_b2 else None)
+
+
+# ----------------------------------------------------------------------------- drive
+
+
+def _drive_forward(pre, w, post, grad, w1, b1, w2, b2, act, inputs, budget):
+    st = _setup(pre, post, w1, inputs)
+    blk = _Blocks(pre, w, w1.shape[0], budget)
+    B, O, I, H = blk.B, blk.O, blk.I, blk.H
+    out = _scratch((B, O), pre)
+    hp = _scratch((blk.bb * blk.ob, 1, H), pre)
+    for os_ in blk.o_blocks():
+        n = os_.stop - os_.start
+        u = _u_block(st, w, grad, b1, os_)
+        for bs in blk.b_blocks():
+            m_ = bs.stop - bs.start
+            z = _act_(_build(blk.z(bs, os_), u, st, bs, os_), act)
+            _contract_i(pre[bs], z, hp[: m_ * n])
+            out[bs, os_] = (hp[: m_ * n].view(m_ * n, H) @ w2).view(m_, n)
+    out.add_(b2 * pre.sum(1, keepdim=True))
+    return out
+
+
+def _contract_i(pre_blk: Tensor, z: Tensor, out: Tensor) -> Tensor:
+    """out[(b, o), 0, h] = sum_i pre[b, i] z[b, o, i, h] (batched gemv)."""
+    m_, n, I, H = z.shape
+    p = pre_blk[:, None, None, :].expand(m_, n, 1, I).reshape(m_ * n, 1, I)
+    return torch.bmm(p, z.view(m_ * n, I, H), out=out)
+
+
+def _drive_backward(Gd, pre, w, post, grad, w1, b1, w2, b2, act, inputs, budget, needs):
+    n_pre, n_w, n_post, n_grad, n_w1, n_b1, n_w2, n_b2 = needs
+    st = _setup(pre, post, w1, inputs)
+    blk = _Blocks(pre, w, w1.shape[0], budget)
+    B, O, I, H = blk.B, blk.O, blk.I, blk.H
+    need_S = n_w or n_grad or n_w1 or n_b1
+    need_T = n_pre or (n_w1 and st.a is not None)
+    need_V = n_post or (n_w1 and st.e is not None)
+    need_m = need_S or need_T or need_V
+    need_R = n_w2 or n_pre  # R[b, i, h] = sum_o Gd[b, o] act(z): dw2 and the direct pre term
+
+    acc = {k: torch.zeros(H, dtype=pre.dtype, device=pre.device) for k in ("b1", "c", "f", "w2")}
+    dw = _scratch((O, I), pre) if n_w else None
+    dgrad = _scratch((O, I), pre) if n_grad and st.f is not None else None
+    R = torch.zeros((B, 1, I * H), dtype=pre.dtype, device=pre.device) if need_R else None
+    Tm = torch.zeros((B, 1, I * H), dtype=pre.dtype, device=pre.device) if need_T else None
+    Vm = _scratch((B, O, H), pre) if need_V else None
+    S_buf = _scratch((blk.ob, I, H), pre)
+    tmp = _scratch((blk.ob, I, H), pre)
+    tmpR = _scratch((blk.bb, 1, I * H), pre)
+    tmpV = _scratch((blk.bb * blk.ob, 1, H), pre)
+
+    if need_m or need_R:
+        for os_ in blk.o_blocks():
+            n = os_.stop - os_.start
+            u = _u_block(st, w, grad, b1, os_)
+            S = S_buf[:n]
+            for k, bs in enumerate(blk.b_blocks()):
+                m_ = bs.stop - bs.start
+                gd = Gd[bs, os_].contiguous()[:, None, :]  # (m, 1, n)
+                z = _build(blk.z(bs, os_), u, st, bs, os_)
+                _act_(z, act)
+                if need_R:  # sum_o Gd[b, o] h[b, o, :, :]
+                    torch.bmm(gd, z.view(m_, n, I * H), out=tmpR[:m_])
+                    R[bs].add_(tmpR[:m_])
+                if not need_m:
+                    continue
+                _deriv_from_act_(z, act)
+                if need_T:  # Tm[b, i, h] = sum_o Gd[b, o] m  (T = pre * Tm)
+                    torch.bmm(gd, z.view(m_, n, I * H), out=tmpR[:m_])
+                    Tm[bs].add_(tmpR[:m_])
+                if need_V:  # Vm[b, o, h] = sum_i pre[b, i] m  (V = Gd * Vm)
+                    _contract_i(pre[bs], z, tmpV[: m_ * n])
+                    Vm[bs, os_] = tmpV[: m_ * n].view(m_, n, H)
+                if need_S:  # S[o, i, h] = sum_b Gd[b, o] pre[b, i] m
+                    z.mul_((gd.transpose(1, 2) * pre[bs, None, :])[..., None])
+                    _sum_into(z, S, tmp[:n], k == 0)
+            if need_S:
+                _finish_S(S, w[os_], None if grad is None else grad[os_], st, w2, acc, dw, dgrad, os_)
+
+    T = V = dpre_direct = None
+    if need_T:
+        T = Tm.view(B, I, H) * pre[:, :, None]
+    if need_V:
+        V = Vm * Gd[:, :, None]
+    gsum = Gd.sum(1)
+    if need_R:
+        R3 = R.view(B, I, H)
+        if n_w2:
+            acc["w2"] = R3.reshape(B * I, H).T @ pre.reshape(B * I)
+        if n_pre:
+            dpre_direct = (R3.reshape(B * I, H) @ w2).view(B, I) + b2 * gsum[:, None]
+    db2 = (gsum * pre.sum(1)).sum()
+    return _assemble(pre, post, w1, w2, st, inputs, needs, acc, T, V, dw, dgrad, db2, dpre_direct)
+
+
+# ----------------------------------------------------------------------------- autograd
+
+
+class FusedMLPDelta(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, pre, w, post, grad, w1, b1, w2, b2, act, inputs, budget, keep_hs):
+        out, hs = _delta_forward(pre, w, post, grad, w1, b1, w2, b2, act, inputs, budget, keep_hs)
+        ctx.save_for_backward(pre, w, post, grad, w1, b1, w2, hs)
+        ctx.cfg = (act, inputs, budget)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, G):
+        pre, w, post, grad, w1, b1, w2, hs = ctx.saved_tensors
+        act, inputs, budget = ctx.cfg
+        needs = ctx.needs_input_grad[:8]
+        grads = _delta_backward(G.contiguous(), pre, w, post, grad, w1, b1, w2, hs, act, inputs, budget, needs)
+        return (*grads, None, None, None, None)
+
+
+class FusedMLPDrive(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, pre, w, post, grad, w1, b1, w2, b2, act, inputs, budget):
+        out = _drive_forward(pre, w, post, grad, w1, b1, w2, b2, act, inputs, budget)
+        ctx.save_for_backward(pre, w, post, grad, w1, b1, w2, b2)
+        ctx.cfg = (act, inputs, budget)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, Gd):
+        pre, w, post, grad, w1, b1, w2, b2 = ctx.saved_tensors
+        act, inputs, budget = ctx.cfg
+        needs = ctx.needs_input_grad[:8]
+        grads = _drive_backward(Gd.contiguous(), pre, w, post, grad, w1, b1, w2, b2, act, inputs, budget, needs)
+        return (*grads, None, None, None)
+
+
+def _prep(pre, w, post, grad, form):
+    dt = pre.dtype
+    args = [pre.contiguous(), w.to(dt).contiguous(), post.to(dt).contiguous(),
+            None if grad is None or "grad" not in form.inputs else grad.to(dt).contiguous(),
+            form.w1.to(dt), form.b1.to(dt), form.w2.to(dt), form.b2.to(dt)]
+    if "grad" in form.inputs and args[3] is None:
+        raise ValueError("the rule reads the gradient input but grad is None")
+    return args
+
+
+def delta(pre, w, post, grad, form, budget):
+    """(O, I) batch mean of M over the layer (see module docstring)."""
+    args = _prep(pre, w, post, grad, form)
+    keep_hs = torch.is_grad_enabled() and args[6].requires_grad  # hs = sum_b act(z) serves d w2
+    return FusedMLPDelta.apply(*args, form.act, tuple(form.inputs), int(budget), keep_hs)
+
+
+def per_sample_drive(pre, w, post, grad, form, budget):
+    """(B, O) sum_i M(...) pre[b, i] (see module docstring)."""
+    return FusedMLPDrive.apply(*_prep(pre, w, post, grad, form), form.act, tuple(form.inputs), int(budget))

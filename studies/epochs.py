@@ -1,0 +1,143 @@
+"""HAT against the backprop control along training (the paper's Figure 1, left).
+
+Hypotheses (one Holm family over the paired comparisons):
+  H-faster     HAT trains faster: larger area under the validation curve over the first epoch
+  H-asymptote  HAT reaches a better asymptote: higher final test accuracy
+  H-stable     HAT is more stable after convergence: smaller spread of the last validation accuracies
+  X-noise-*    a random update of tuned size (the paper's "stochasticity" explanation) does the same
+and, read off the paired difference curve (not part of the Holm family):
+  H-late       HAT's benefit appears only after about 0.5 epochs: the lower 95% CI bound of the
+               paired validation difference turns positive, and stays so, at or after 0.5 epochs
+Also reported: epochs and wall-clock seconds to reach a target validation accuracy.
+
+Run:   python -m studies.epochs                  # quick preset
+       python -m studies.epochs --preset paper   # paper scale, for a GPU
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from studies import common, stats
+from studies.common import Hypothesis, Param
+
+STUDY = "epochs"
+LATE_EPOCH = 0.5  # H-late: the benefit should appear at or after this many epochs
+TARGET_FRACTION = 0.95  # time to target: reach this fraction of the control's final validation accuracy
+DEFAULTS = {"epochs": 2.0, "evals_per_epoch": 8.0}  # longer and finer-grained than the preset
+
+
+def build_arms() -> list[common.Arm]:
+    return [
+        common.control_arm(),
+        common.rule_arm("hat", "mlp", extra_space=dict(common.RULE_LR_SPACE), trainable_rule=True),
+        common.rule_arm("noise", "noise", {"rms": 1.0}),
+    ]
+
+
+def hypotheses() -> list[Hypothesis]:
+    return [
+        Hypothesis("H-faster", "HAT trains faster (validation AUC over the first epoch)", "hat", "greater",
+                   metric="val_auc"),
+        Hypothesis("H-asymptote", "HAT reaches a better asymptote (final test accuracy)", "hat", "greater"),
+        Hypothesis("H-stable", "HAT is more stable after convergence (std of the last 3 validation accuracies)",
+                   "hat", "less", metric="val_std_last"),
+        Hypothesis("X-noise-faster", "noise of tuned size trains faster", "noise", "greater", metric="val_auc"),
+        Hypothesis("X-noise-asymptote", "noise of tuned size reaches a better asymptote", "noise", "greater"),
+    ]
+
+
+def difference_curve(results: dict, arm: str, seeds: list[int], key: str = "val_acc"):
+    """Epochs, and mean / 95% t-CI of the paired difference arm - control at each evaluation."""
+    runs = [(results[(arm, s)], results[("control", s)]) for s in seeds]
+    runs = [(a, c) for a, c in runs if a["status"] == "ok" and c["status"] == "ok"]
+    if not runs:
+        return np.array([]), np.array([]), np.array([]), np.array([])
+    n = min(min(len(a["curve"]), len(c["curve"])) for a, c in runs)
+    x = np.array([runs[0][0]["curve"][i]["epoch"] for i in range(n)])
+    d = np.array([[a["curve"][i][key] - c["curve"][i][key] for i in range(n)] for a, c in runs])  # (seeds, evals)
+    m, lo, hi = (np.array(v) for v in zip(*[stats.mean_ci_t(d[:, i]) for i in range(n)]))
+    return x, m, lo, hi
+
+
+def late_verdict(x, lo) -> tuple[str, float]:
+    """H-late, by the rule in the module docstring."""
+    cross = stats.first_sustained_crossing(x, lo) if len(x) else float("nan")
+    if np.isnan(cross):
+        return "inconclusive", cross
+    return ("supported" if cross >= LATE_EPOCH else "refuted"), cross
+
+
+def time_to_target_table(results: dict, arms: list[str], seeds: list[int]) -> tuple[str, float]:
+    ctl = [results[("control", s)]["val_acc"] for s in seeds if results[("control", s)]["status"] == "ok"]
+    target = TARGET_FRACTION * float(np.mean(ctl)) if ctl else float("nan")
+    rows = []
+    for a in arms:
+        ep, sec = [], []
+        for s in seeds:
+            r = results[(a, s)]
+            x, y = common._curve_xy(r) if r["status"] == "ok" else (np.array([0.0, 1.0]), np.array([0.0, 0.0]))
+            t = common._curve_xy(r, x="seconds")[0] if r["status"] == "ok" else np.array([0.0, 1.0])
+            ep.append(stats.time_to_target(x, y, target))
+            sec.append(stats.time_to_target(t, y, target))
+        ep, sec = np.array(ep), np.array(sec)
+        rows.append({"arm": a, "reached": f"{int(np.sum(np.isfinite(ep)))}/{len(ep)}",
+                     "median epochs": float(np.nanmedian(ep)) if np.isfinite(ep).any() else float("nan"),
+                     "median seconds": float(np.nanmedian(sec)) if np.isfinite(sec).any() else float("nan")})
+    return stats.format_table(rows), target
+
+
+def plot_difference(curves: dict, path, title: str):
+    from hat.plots import _plt
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for arm, (x, m, lo, hi) in curves.items():
+        if len(x):
+            ax.plot(x, m, label=f"{arm} − control")
+            ax.fill_between(x, lo, hi, alpha=0.2)
+    ax.axhline(0, color="grey", linestyle=":")
+    ax.axvline(LATE_EPOCH, color="grey", linestyle="--", linewidth=0.8)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("paired Δ validation accuracy (points)")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = common.build_parser(__doc__, "python -m studies.epochs").parse_args(argv)
+    ctx = common.make_context(STUDY, args, DEFAULTS)
+    sc = ctx.scale
+    seeds = list(range(sc.seeds))
+    arms = build_arms()
+    bar = common.progress_bar(len(arms) * (sc.trials * sc.tuning_seeds + sc.seeds), STUDY, ctx.progress)
+    tuned, results = common.tune_and_replicate(ctx, arms, seeds, bar)
+    if bar is not None:
+        bar.close()
+    if args.no_report:
+        return 0
+    hyps = hypotheses()
+    sections, files, _ = common.comparison_sections(ctx, arms, tuned, results, seeds, hyps)
+    curves = {a: difference_curve(results, a, seeds) for a in ("hat", "noise")}
+    verdict, cross = late_verdict(curves["hat"][0], curves["hat"][2])
+    fig = plot_difference(curves, ctx.out / "difference_curve.png", f"{ctx.name}: paired difference, mean ± 95% CI")
+    table, target = time_to_target_table(results, [a.name for a in arms], seeds)
+    extra = ["## Benefit along training", "",
+             f"- VERDICT H-late: {verdict.upper()} — HAT's benefit appears only after about {LATE_EPOCH} epochs "
+             f"(first epoch from which the lower 95% CI bound of the paired validation difference stays > 0: "
+             f"{common.fmt(cross)}; rule: supported if that epoch is >= {LATE_EPOCH}, refuted if earlier, "
+             "inconclusive if it never happens; a CI reading, not Holm-corrected)", "",
+             f"Time to reach {TARGET_FRACTION:.0%} of the control's mean final validation accuracy "
+             f"({common.fmt(target)}%):", "", table, "", *common.figure_block([fig], ctx.out), ""]
+    common.finish_report(ctx, "HAT against backprop along training", __doc__, sections + extra, files + [fig])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
