@@ -7,6 +7,7 @@ flag override it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import time
@@ -89,27 +90,65 @@ class Run:
         self.tracker.client.set_terminated(self.run_id, status)
 
 
+@contextlib.contextmanager
+def store_lock(uri: str):
+    """Exclusive lock beside a sqlite:/// store while it is created or migrated.
+
+    Two processes that open a new store at once would otherwise both run its
+    schema migrations and break it. Other URIs need no lock.
+    """
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    path = Path(uri[len("sqlite:///"):]).with_suffix(".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def retry(fn, attempts: int = 8, wait: float = 0.5):
+    """Call fn(), retrying on errors: two processes creating one SQLite store at once collide."""
+    for k in range(attempts):
+        try:
+            return fn()
+        except Exception:
+            if k == attempts - 1:
+                raise
+            time.sleep(wait * (k + 1))
+
+
 class Tracker:
     """MLflow client bound to one experiment."""
 
     def __init__(self, uri: str | None = None, experiment: str = EXPERIMENT):
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # offline machines: no usage pings
         import mlflow
         from mlflow.tracking import MlflowClient
 
         self.uri = ensure_sqlite_dir(tracking_uri(uri))
         mlflow.set_tracking_uri(self.uri)
-        self.client = MlflowClient(tracking_uri=self.uri)
-        exp = self.client.get_experiment_by_name(experiment)
+        with store_lock(self.uri):  # the client creates (migrates) a new store eagerly
+            self.client = MlflowClient(tracking_uri=self.uri)
+            exp = retry(lambda: self.client.get_experiment_by_name(experiment))
         if exp is None:
             location = None
             if self.uri.startswith("sqlite:///") and Path(self.uri[len("sqlite:///"):]).parent.resolve() == STORE.resolve():
                 location = (STORE / "artifacts").as_uri()
             elif self.uri.startswith("sqlite:///"):
                 location = (Path(self.uri[len("sqlite:///"):]).parent / "artifacts").resolve().as_uri()
-            try:
-                self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
-            except Exception:  # created concurrently by another process
-                self.experiment_id = self.client.get_experiment_by_name(experiment).experiment_id
+            with store_lock(self.uri):
+                exp = self.client.get_experiment_by_name(experiment)
+                self.experiment_id = (exp.experiment_id if exp is not None else
+                                      self.client.create_experiment(experiment, artifact_location=location))
         else:
             self.experiment_id = exp.experiment_id
 

@@ -155,11 +155,11 @@ def _snapshot_steps(cfg: TrainConfig, steps_per_epoch: int, total: int) -> dict[
 
 def train(cfg: TrainConfig, data: hat_data.Data | None = None, tracker=None, parent_id: str | None = None,
           out_dir: str | Path | None = None, tags: dict | None = None, progress: bool = True,
-          run_name: str | None = None, callback=None, data_root: str | None = None) -> RunResult:
+          run_name: str | None = None, callback=None, data_root: str | None = None, plot: bool = True) -> RunResult:
     """Train one learner (and its rule) under `cfg`.
 
     tracker: a `hat.tracking.Tracker` or None (no MLflow). out_dir: where
-    snapshots and plots go. callback(eval_dict) is called after each
+    snapshots and plots go; plot: log a learning-curve PNG with the run. callback(eval_dict) is called after each
     evaluation; it may raise (e.g. optuna.TrialPruned) to stop the run.
     A diverged run (non-finite loss or weights) stops at once and returns
     status "diverged"; it is marked FAILED in MLflow.
@@ -316,7 +316,8 @@ def train(cfg: TrainConfig, data: hat_data.Data | None = None, tracker=None, par
         if run is not None:
             run.log_metrics({"final_val_acc": result.val_acc, "final_test_acc": result.test_acc,
                              "seconds": result.seconds}, total)
-            _log_curve_plot(result, run, out_dir, cfg)
+            if plot:
+                _log_curve_plot(result, run, out_dir, cfg)
             run.set_tags({"status": "ok"})
             run.finish("FINISHED")
         return result

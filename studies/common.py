@@ -29,6 +29,7 @@ import csv
 import dataclasses
 import json
 import math
+import os
 import threading
 import time
 import warnings
@@ -39,12 +40,16 @@ from typing import Callable
 import numpy as np
 
 from hat.config import TrainConfig
-from hat.tracking import REPO_ROOT, STORE, Tracker, ensure_sqlite_dir, ui_command
+from hat.tracking import REPO_ROOT, STORE, Tracker, ensure_sqlite_dir, retry, store_lock, ui_command
 
 TUNING_SEED_BASE = 10_000  # tuning seeds: 10000, 10001, ... (never a final seed)
-HEARTBEAT_S = 5  # a running unit records a heartbeat this often
-GRACE_S = 20  # a unit whose heartbeat is older than this is taken as dead and redone
+HEARTBEAT_S = 5  # a running unit records a heartbeat this often (env HAT_HEARTBEAT_S overrides)
+GRACE_S = 20  # a unit whose heartbeat is older than this is taken as dead and redone (env HAT_GRACE_S)
 POLL_S = 2.0
+
+
+def _env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
 
 
 # ---------------------------------------------------------------- configuration
@@ -216,10 +221,11 @@ def open_storage(url: str | None):
     url = ensure_sqlite_dir(url or default_storage())
     if url.startswith(("sqlite", "postgresql", "mysql")):
         kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), store_lock(url):
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S,
-                                              grace_period=GRACE_S)
+            return retry(lambda: optuna.storages.RDBStorage(
+                url, engine_kwargs=kwargs, heartbeat_interval=_env_int("HAT_HEARTBEAT_S", HEARTBEAT_S),
+                grace_period=_env_int("HAT_GRACE_S", GRACE_S)))
     return optuna.storages.get_storage(url)
 
 
@@ -232,7 +238,7 @@ class _Heartbeat:
         self.thread = threading.Thread(target=self._beat, daemon=True)
 
     def _beat(self):
-        while not self.stop.wait(HEARTBEAT_S):
+        while not self.stop.wait(_env_int("HAT_HEARTBEAT_S", HEARTBEAT_S)):
             try:
                 self.storage.record_heartbeat(self.trial_id)
             except Exception:  # a missed beat only risks a redo
@@ -350,7 +356,7 @@ class Context:
 
         tags = {"study": self.study, "study_name": self.name, **tags}
         return train(cfg, data=self.data, tracker=self.tracker, parent_id=self.parent_id, out_dir=self.out,
-                     tags=tags, progress=self.progress, run_name=run_name, callback=callback)
+                     tags=tags, progress=self.progress, run_name=run_name, callback=callback, plot=False)
 
 
 def make_context(study: str, args, defaults: dict | None = None) -> Context:
@@ -369,14 +375,13 @@ def make_context(study: str, args, defaults: dict | None = None) -> Context:
     out.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     tracker = Tracker(args.tracking_uri)
-    meta = optuna.create_study(study_name=f"{name}:meta", storage=storage, load_if_exists=True)
-    parent_id = meta.user_attrs.get("parent_run_id")
-    if parent_id is None:
+    def create_parent(key, spec):  # a unit of its own, so concurrent workers agree on one parent run
         run = tracker.start_run(name, tags={"study": study, "study_name": name, "phase": "study",
                                             "preset": args.preset})
         run.log_params({"scale": dataclasses.asdict(scale), "base": base.to_dict()})
-        meta.set_user_attr("parent_run_id", run.run_id)
-        parent_id = run.run_id
+        return {"run_id": run.run_id}
+
+    parent_id = run_units(storage, f"{name}:parent", {"parent": {}}, create_parent)["parent"]["run_id"]
     device = pick_device(base.device)
     data = hat_data.load(args.data, device, base.val_size)
     return Context(study, name, scale, base, storage, tracker, parent_id, out, data, not args.no_progress)

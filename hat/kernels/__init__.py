@@ -3,15 +3,26 @@
 x = (v_i, w_ij, v_j[, |g_ij|]) per synapse, in the order given by `MLPForm.inputs`.
 `mlp_delta` returns the batch mean over samples (O, I); `mlp_per_sample_drive`
 the per-sample contraction sum_i M(x_bi) v_bi (B, O) used by the authors'
-per-sample variant. Both are differentiable in every tensor argument.
+per-sample variant. Both are differentiable in every tensor argument (first order:
+the fused and triton backends do not support double backward).
 
-Backends: "chunked" (the generic, memory-bounded path of `hat.elementwise`,
-correct everywhere). Faster backends register here and are picked by
-`choose_backend`.
+Backends:
+  "chunked"  the generic, memory-bounded path of `hat.elementwise` (autograd through
+             checkpointed blocks; correct everywhere, slow).
+  "fused"    `hat.kernels.fused`: pure torch, any device; analytic backward computed
+             block by block, exploiting that the first layer is an outer sum.
+  "triton"   `hat.kernels.triton_mlp`: Triton kernels (CUDA; on CPU only under
+             TRITON_INTERPRET=1, for tests).
+`choose_backend` picks triton on CUDA when it imports, else fused; the environment
+variable HAT_KERNEL_BACKEND (chunked / fused / triton) overrides the choice.
+FLOP counts for throughput figures: `hat.kernels.flops`.
 """
 
 from __future__ import annotations
 
+import functools
+import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +32,8 @@ from hat import elementwise
 
 ACTS = {"relu": torch.relu, "tanh": torch.tanh}
 INPUT_NAMES = ("pre", "w", "post", "grad")
+BACKENDS = ("chunked", "fused", "triton")
+ENV_BACKEND = "HAT_KERNEL_BACKEND"
 
 
 @dataclass(frozen=True)
@@ -47,8 +60,37 @@ class MLPForm:
         return h @ self.w2 + self.b2  # (...)
 
 
+@functools.lru_cache(maxsize=None)
+def triton_available() -> bool:
+    """True when Triton and the triton backend import (checked once per process)."""
+    try:
+        import triton  # noqa: F401
+
+        from hat.kernels import triton_mlp  # noqa: F401
+    except Exception:  # ImportError, or a broken Triton install
+        return False
+    return True
+
+
+_warned_fallback = False
+
+
 def choose_backend(pre: Tensor) -> str:
-    return "chunked"
+    """Backend for inputs like `pre`: $HAT_KERNEL_BACKEND if set, else triton on CUDA, else fused."""
+    global _warned_fallback
+    env = os.environ.get(ENV_BACKEND, "").strip().lower()
+    if env:
+        if env not in BACKENDS:
+            raise ValueError(f"{ENV_BACKEND}={env!r}: expected one of {BACKENDS}")
+        return env
+    if getattr(pre, "is_cuda", False):
+        if triton_available():
+            return "triton"
+        if not _warned_fallback:
+            _warned_fallback = True
+            warnings.warn("hat.kernels: CUDA input but Triton is unavailable; using the slower 'fused' torch backend",
+                          RuntimeWarning, stacklevel=3)
+    return "fused"
 
 
 def mlp_delta(pre: Tensor, w: Tensor, post: Tensor, grad: Tensor | None, form: MLPForm,
@@ -61,6 +103,10 @@ def mlp_delta(pre: Tensor, w: Tensor, post: Tensor, grad: Tensor | None, form: M
         from hat.kernels import fused
 
         return fused.delta(pre, w, post, grad, form, budget)
+    if backend == "triton":
+        from hat.kernels import triton_mlp
+
+        return triton_mlp.delta(pre, w, post, grad, form, budget)
     raise ValueError(f"unknown backend {backend!r}")
 
 
@@ -74,4 +120,8 @@ def mlp_per_sample_drive(pre: Tensor, w: Tensor, post: Tensor, grad: Tensor | No
         from hat.kernels import fused
 
         return fused.per_sample_drive(pre, w, post, grad, form, budget)
+    if backend == "triton":
+        from hat.kernels import triton_mlp
+
+        return triton_mlp.per_sample_drive(pre, w, post, grad, form, budget)
     raise ValueError(f"unknown backend {backend!r}")

@@ -59,14 +59,14 @@ stats = {"max_block_elems": 0, "blocks": 0}
 
 
 def plan_blocks(b: int, o: int, i: int, hidden: int, itemsize: int, budget: int,
-                cap: int = BLOCK_CAP_ELEMS) -> tuple[int, int]:
+                cap: int | None = None) -> tuple[int, int]:
     """(batch block, output block) so that one block's buffers fit `budget` bytes.
 
     Per block the backend holds the (bb, ob, I, H) pre-activations plus about three
     (ob, I, H) / (bb, I, H) slabs (U, S and reduction scratch), so the count is
     (bb + 3) * ob * I * H elements; at least one (sample, output unit) pair per block.
     """
-    elems = min(max(1, budget // itemsize), cap)
+    elems = min(max(1, budget // itemsize), BLOCK_CAP_ELEMS if cap is None else cap)
     pairs = max(1, elems // (i * hidden))  # (bb + 3) * ob
     ob = max(1, min(o, PREFERRED_OB, pairs // 4))
     bb = max(1, min(b, pairs // ob - 3))

@@ -1,0 +1,189 @@
+"""The studies end to end at toy scale, against temporary MLflow and Optuna stores."""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+from statsmodels.stats.multitest import multipletests
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("HAT_DATA", REPO.parent / "shared" / "data"))
+pytestmark = pytest.mark.skipif(not (DATA / "FashionMNIST" / "raw").is_dir(), reason="Fashion-MNIST not available")
+
+VERDICT = re.compile(r"VERDICT (\S+): (SUPPORTED|REFUTED|INCONCLUSIVE) .*Holm p = ([0-9.e+-]+|nan)\)")
+
+
+def stores(tmp_path: Path) -> list[str]:
+    return ["--storage", f"sqlite:///{tmp_path}/optuna.db", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
+            "--out", str(tmp_path / "out"), "--no-progress"]
+
+
+def read_results(path: Path) -> dict[tuple[str, int], dict]:
+    with open(path) as f:
+        return {(r["arm"], int(r["seed"])): r for r in csv.DictReader(f)}
+
+
+def mlflow_runs(tmp_path: Path, filter_string: str = ""):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.get_experiment_by_name("hat")
+    return client.search_runs([exp.experiment_id], filter_string=filter_string, max_results=5000)
+
+
+def test_fixed_rule_smoke_end_to_end(tmp_path, capsys):
+    from studies import fixed_rule
+
+    assert fixed_rule.main(["--preset", "smoke", *stores(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    out = tmp_path / "out"
+    assert f"report: {out / 'report.md'}" in printed and "mlflow ui --backend-store-uri" in printed
+    report = (out / "report.md").read_text()
+    verdicts = {m[0]: (m[1], float(m[2])) for m in VERDICT.findall(report)}
+    hyps = fixed_rule.hypotheses()
+    assert set(verdicts) == {h.key for h in hyps}
+
+    # The per-seed CSV holds every arm on every seed, and the verdicts follow from it:
+    # recompute one-sided paired t-tests and Holm independently (diverged runs count as 10%).
+    results = read_results(out / "results.csv")
+    arms = [a.name for a in fixed_rule.build_arms([""], "", "")]
+    assert set(results) == {(a, s) for a in arms for s in range(3)}
+
+    def acc(arm):
+        return np.array([float(results[(arm, s)]["test_acc"]) if results[(arm, s)]["status"] == "ok" else 10.0
+                         for s in range(3)])
+
+    pvals = []
+    for h in hyps:
+        d = acc(h.arm) - acc("control")
+        if np.all(d == d[0]):
+            pvals.append(1.0 if d[0] == 0 or (d[0] > 0) != (h.direction == "greater") else 0.0)
+        else:
+            pvals.append(sps.ttest_1samp(d, 0.0, alternative=h.direction).pvalue)
+    holm = multipletests(pvals, method="holm")[1]
+    for h, p in zip(hyps, holm):
+        assert verdicts[h.key][1] == pytest.approx(p, rel=2e-3, abs=1e-3), h.key
+        if verdicts[h.key][0] == "SUPPORTED":
+            assert p < 0.05
+
+    # MLflow: one parent; tuning and replicate runs are its children, tagged for the compare view.
+    parents = mlflow_runs(tmp_path, "tags.phase = 'study'")
+    assert len(parents) == 1
+    parent = parents[0].info.run_id
+    reps = mlflow_runs(tmp_path, "tags.phase = 'replicate'")
+    assert len(reps) == len(arms) * 3
+    for r in reps:
+        assert r.data.tags["mlflow.parentRunId"] == parent
+        assert {"study", "arm", "rule", "seed", "hypothesis"} <= set(r.data.tags)
+    assert len(mlflow_runs(tmp_path, "tags.phase = 'tune'")) == len(arms) * 2
+    assert len(mlflow_runs(tmp_path, "tags.phase = 'phase1'")) == 2
+    assert (out / "curves.png").stat().st_size > 0 and (out / "paired_differences.png").stat().st_size > 0
+    assert len(list((out / "snapshots").glob("*.pt"))) == 4  # 2 runs x (0.5 epoch, final)
+
+
+def test_fixed_rule_reuses_snapshots(tmp_path):
+    from studies import fixed_rule
+
+    first = tmp_path / "a"
+    assert fixed_rule.main(["--preset", "smoke", "--trials", "0", "--seeds", "2", "--hat-runs", "1", *stores(first)]) == 0
+    second = tmp_path / "b"
+    snaps = first / "out" / "snapshots"
+    assert fixed_rule.main(["--preset", "smoke", "--trials", "0", "--seeds", "2", "--snapshots", str(snaps),
+                            *stores(second)]) == 0
+    assert not mlflow_runs(second, "tags.phase = 'phase1'")
+    report = (second / "out" / "report.md").read_text()
+    assert "reused from" in report and "Tuning skipped (`--trials 0`)" in report
+
+
+def test_epochs_smoke(tmp_path):
+    from studies import epochs
+
+    assert epochs.main(["--preset", "smoke", "--trials", "1", *stores(tmp_path)]) == 0
+    report = (tmp_path / "out" / "report.md").read_text()
+    for key in ("H-faster", "H-asymptote", "H-stable", "H-late"):
+        assert re.search(rf"VERDICT {key}: (SUPPORTED|REFUTED|INCONCLUSIVE)", report), key
+    rows = read_results(tmp_path / "out" / "results.csv")
+    assert len(rows) == 3 * 3
+    assert (tmp_path / "out" / "difference_curve.png").is_file()
+
+
+def test_labels_smoke(tmp_path):
+    from studies import labels
+
+    assert labels.main(["--preset", "smoke", "--trials", "1", "--thetas", "0.1", "1.0", *stores(tmp_path)]) == 0
+    report = (tmp_path / "out" / "report.md").read_text()
+    for key in ("H-theta=0.1", "H-theta=1", "H-grows", "H-needs-20"):
+        assert re.search(rf"VERDICT {re.escape(key)}: (SUPPORTED|REFUTED|INCONCLUSIVE)", report), key
+    rows = read_results(tmp_path / "out" / "results.csv")
+    assert {a for a, _ in rows} == {"control@0.1", "hat@0.1", "control@1", "hat@1"}
+
+
+def _unit_trials(storage: str, name: str):
+    import optuna
+
+    study = optuna.load_study(study_name=name, storage=storage)
+    done: dict[str, list] = {}
+    for t in study.get_trials(deepcopy=False):
+        if t.state == optuna.trial.TrialState.COMPLETE:
+            done.setdefault(t.user_attrs["unit"], []).append(t.user_attrs["result"])
+    return done
+
+
+def _cmd(tmp_path: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "studies.epochs", "--preset", "smoke", "--trials", "0", "--seeds", "4", "--epochs", "1",
+            "--name", "resume", *stores(tmp_path), *extra]
+
+
+def _env() -> dict:
+    return {**os.environ, "HAT_HEARTBEAT_S": "1", "HAT_GRACE_S": "3", "HAT_DATA": str(DATA)}
+
+
+def test_kill_and_rerun_finishes_without_redoing(tmp_path):
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    proc = subprocess.Popen(_cmd(tmp_path), cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    before: dict = {}
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+        try:
+            before = _unit_trials(storage, "resume:replicate")
+        except Exception:  # study not created yet
+            continue
+        if len(before) >= 3:
+            break
+    assert proc.poll() is None, f"finished before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = _unit_trials(storage, "resume:replicate")
+    assert 3 <= len(before) < 12
+
+    rerun = subprocess.run(_cmd(tmp_path), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    after = _unit_trials(storage, "resume:replicate")
+    assert len(after) == 12 and all(len(v) == 1 for v in after.values())  # every unit done exactly once
+    for key, res in before.items():
+        assert after[key][0]["run_id"] == res[0]["run_id"]  # finished units were not redone
+    assert (tmp_path / "out" / "report.md").is_file()
+
+
+def test_two_workers_split_the_work(tmp_path):
+    procs = [subprocess.Popen(_cmd(tmp_path, *extra), cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for extra in ((), ("--no-report",))]
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-3000:]
+    done = _unit_trials(f"sqlite:///{tmp_path}/optuna.db", "resume:replicate")
+    assert len(done) == 12 and all(len(v) == 1 for v in done.values())
+    runs = mlflow_runs(tmp_path, "tags.phase = 'replicate'")
+    assert len(runs) == 12  # no unit trained twice
+    assert (tmp_path / "out" / "report.md").is_file()
