@@ -86,7 +86,7 @@ def load(root: str | os.PathLike | None = None, device: torch.device | str = "cp
 
 
 def label_mask(n: int, fraction: float, seed: int, device) -> Tensor:
-    """(n,) bool: the fixed labeled subset of a seed (exactly round(fraction * n) examples)."""
+    """(n,) bool: the fixed labeled subset of a seed: max(1, round(fraction * n)) examples."""
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"label fraction must be in (0, 1], got {fraction}")
     k = max(1, round(fraction * n))

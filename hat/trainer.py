@@ -334,7 +334,7 @@ def train(cfg: TrainConfig, data: hat_data.Data | None = None, tracker=None, par
 def _save_snapshot(rule, cfg: TrainConfig, step: int, epoch: float, out_dir: Path | None, run) -> Path:
     from rules.snapshot import save_snapshot
 
-    base = out_dir or Path("runs") / "snapshots"
+    base = out_dir or Path("runs") / "train"
     path = save_snapshot(rule, base / "snapshots" / f"{cfg.rule}_seed{cfg.seed}_epoch{epoch:g}.pt",
                          step=step, epoch=epoch, seed=cfg.seed, widths=list(cfg.widths))
     if run is not None:

@@ -27,9 +27,20 @@ class SnapshotError(ValueError):
     """A snapshot file is missing, foreign, corrupted or inconsistent."""
 
 
-def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
-    """Hash of names, dtypes, shapes and bytes, in sorted name order."""
+ARCH_KEYS = ("inputs", "hidden", "act")  # config fields that define the function: hashed with the tensors
+
+
+def _pt_path(path: str | Path) -> Path:
+    """`x.pt` for `x`, `x.pt` or `x.json`; a stem like `seed0_epoch0.5` keeps its dot."""
+    path = Path(path)
+    return path.with_suffix(".pt") if path.suffix in (".pt", ".json") else path.with_name(path.name + ".pt")
+
+
+def tensors_sha256(tensors: dict[str, torch.Tensor], arch: dict | None = None) -> str:
+    """Hash of the architecture fields, then names, dtypes, shapes and bytes in sorted name order."""
     h = hashlib.sha256()
+    if arch is not None:
+        h.update(json.dumps({k: arch.get(k) for k in ARCH_KEYS}, sort_keys=True).encode())
     for k in sorted(tensors):
         t = tensors[k].detach().cpu().contiguous()
         h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
@@ -39,10 +50,10 @@ def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
 
 def save_snapshot(rule: MLPRule, path: str | Path, **meta) -> Path:
     """Write `<stem>.pt` and `<stem>.json`; returns the .pt path."""
-    path = Path(path).with_suffix(".pt")
+    path = _pt_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().clone() for k, v in rule.state_dict().items()}
-    config = {"format": FORMAT, **rule.config(), **meta, "sha256": tensors_sha256(tensors)}
+    config = {"format": FORMAT, **rule.config(), **meta, "sha256": tensors_sha256(tensors, rule.config())}
     torch.save(tensors, path)
     path.with_suffix(".json").write_text(json.dumps(config, indent=2, sort_keys=True))
     return path
@@ -61,7 +72,7 @@ def _resolve(path: str | Path) -> Path:
 
 def load_snapshot(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     """Tensors and config of a snapshot, after checking format, shapes and hash."""
-    pt = _resolve(path).with_suffix(".pt")
+    pt = _pt_path(_resolve(path))
     js = pt.with_suffix(".json")
     for f in (pt, js):
         if not f.is_file():
@@ -72,18 +83,24 @@ def load_snapshot(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
         raise SnapshotError(f"{js} is not a snapshot config (bad JSON: {e})") from None
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise SnapshotError(f"{js} is not a {FORMAT} config (format={config.get('format') if isinstance(config, dict) else None!r})")
+    missing = [k for k in (*ARCH_KEYS, "sha256") if k not in config]
+    if missing:
+        raise SnapshotError(f"{js}: config lacks {missing}")
     try:
         tensors = torch.load(pt, map_location="cpu", weights_only=True)
     except Exception as e:
         raise SnapshotError(f"{pt} could not be loaded as tensors: {e}") from None
     if not isinstance(tensors, dict) or not all(isinstance(v, torch.Tensor) for v in tensors.values()):
         raise SnapshotError(f"{pt} does not hold a dict of tensors")
-    want = {"l1.weight": (config["hidden"], len(config["inputs"])), "l1.bias": (config["hidden"],),
-            "l2.weight": (1, config["hidden"]), "l2.bias": (1,)}
+    try:
+        hidden, n_in = int(config["hidden"]), len(config["inputs"])
+    except (TypeError, ValueError) as e:
+        raise SnapshotError(f"{js}: bad architecture in config: {e}") from None
+    want = {"l1.weight": (hidden, n_in), "l1.bias": (hidden,), "l2.weight": (1, hidden), "l2.bias": (1,)}
     got = {k: tuple(v.shape) for k, v in tensors.items()}
     if got != want:
         raise SnapshotError(f"{pt}: tensors {got} do not match the config's architecture {want}")
-    digest = tensors_sha256(tensors)
+    digest = tensors_sha256(tensors, config)
     if digest != config.get("sha256"):
         raise SnapshotError(f"{pt}: sha256 {digest[:12]}… does not match the config's {str(config.get('sha256'))[:12]}…")
     return tensors, config
@@ -91,7 +108,10 @@ def load_snapshot(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
 
 def rule_from_snapshot(path: str | Path) -> MLPRule:
     tensors, config = load_snapshot(path)
-    rule = MLPRule(inputs=tuple(config["inputs"]), hidden=config["hidden"], act=config["act"], trainable=False)
+    try:
+        rule = MLPRule(inputs=tuple(config["inputs"]), hidden=config["hidden"], act=config["act"], trainable=False)
+    except (ValueError, TypeError) as e:
+        raise SnapshotError(f"{path}: bad architecture in config: {e}") from None
     rule.load_state_dict(tensors)
     rule.set_trainable(False)
     rule.source = {k: config.get(k) for k in ("step", "epoch", "seed")} | {"path": str(path)}

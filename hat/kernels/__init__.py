@@ -60,7 +60,7 @@ class MLPForm:
         return h @ self.w2 + self.b2  # (...)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def triton_available() -> bool:
     """True when Triton and the triton backend import (checked once per process)."""
     try:

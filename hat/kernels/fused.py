@@ -135,18 +135,18 @@ class _Blocks:
     """Iteration over (output block, batch block) with preallocated buffers."""
 
     def __init__(self, pre: Tensor, w: Tensor, hidden: int, budget: int):
-        self.B, self.I = pre.shape
-        self.O = w.shape[0]
+        self.B, self.IN = pre.shape
+        self.OUT = w.shape[0]
         self.H = hidden
-        self.bb, self.ob = plan_blocks(self.B, self.O, self.I, hidden, pre.element_size(), budget)
-        n = self.bb * self.ob * self.I * self.H
+        self.bb, self.ob = plan_blocks(self.B, self.OUT, self.IN, hidden, pre.element_size(), budget)
+        n = self.bb * self.ob * self.IN * self.H
         self.zbuf = torch.empty(n, dtype=pre.dtype, device=pre.device)
         stats["max_block_elems"] = n
         stats["blocks"] = 0
 
     def o_blocks(self):
-        for o0 in range(0, self.O, self.ob):
-            yield slice(o0, min(self.O, o0 + self.ob))
+        for o0 in range(0, self.OUT, self.ob):
+            yield slice(o0, min(self.OUT, o0 + self.ob))
 
     def b_blocks(self):
         for b0 in range(0, self.B, self.bb):
@@ -155,7 +155,7 @@ class _Blocks:
     def z(self, bs: slice, os_: slice) -> Tensor:
         m, n = bs.stop - bs.start, os_.stop - os_.start
         stats["blocks"] += 1
-        return self.zbuf[: m * n * self.I * self.H].view(m, n, self.I, self.H)
+        return self.zbuf[: m * n * self.IN * self.H].view(m, n, self.IN, self.H)
 
 
 def _scratch(shape, like: Tensor) -> Tensor:
@@ -168,11 +168,11 @@ def _scratch(shape, like: Tensor) -> Tensor:
 def _delta_forward(pre, w, post, grad, w1, b1, w2, b2, act, inputs, budget, keep_hs: bool):
     st = _setup(pre, post, w1, inputs)
     blk = _Blocks(pre, w, w1.shape[0], budget)
-    B, I, H = blk.B, blk.I, blk.H
-    out = _scratch((blk.O, I), pre)
-    hs_all = _scratch((blk.O, I, H), pre) if keep_hs else None
-    hs_buf = _scratch((blk.ob, I, H), pre)
-    tmp = _scratch((blk.ob, I, H), pre)
+    B, IN, H = blk.B, blk.IN, blk.H
+    out = _scratch((blk.OUT, IN), pre)
+    hs_all = _scratch((blk.OUT, IN, H), pre) if keep_hs else None
+    hs_buf = _scratch((blk.ob, IN, H), pre)
+    tmp = _scratch((blk.ob, IN, H), pre)
     for os_ in blk.o_blocks():
         n = os_.stop - os_.start
         u = _u_block(st, w, grad, b1, os_)
@@ -184,7 +184,7 @@ def _delta_forward(pre, w, post, grad, w1, b1, w2, b2, act, inputs, budget, keep
             else:
                 torch.sum(z, 0, out=tmp[:n])
                 hs.add_(tmp[:n])
-        torch.mv(hs.view(n * I, H), w2, out=out[os_].view(n * I))
+        torch.mv(hs.view(n * IN, H), w2, out=out[os_].view(n * IN))
     out.div_(B).add_(b2)
     return out, hs_all
 
@@ -193,7 +193,7 @@ def _delta_backward(G, pre, w, post, grad, w1, b1, w2, hs_all, act, inputs, budg
     n_pre, n_w, n_post, n_grad, n_w1, n_b1, n_w2, n_b2 = needs
     st = _setup(pre, post, w1, inputs)
     blk = _Blocks(pre, w, w1.shape[0], budget)
-    B, O, I, H = blk.B, blk.O, blk.I, blk.H
+    B, OUT, IN, H = blk.B, blk.OUT, blk.IN, blk.H
     g = G / B
     need_S = n_w or n_grad or n_w1 or n_b1
     need_T = n_pre or (n_w1 and st.a is not None)
@@ -202,14 +202,14 @@ def _delta_backward(G, pre, w, post, grad, w1, b1, w2, hs_all, act, inputs, budg
     need_hs = n_w2 and hs_all is None
 
     acc = {k: torch.zeros(H, dtype=pre.dtype, device=pre.device) for k in ("b1", "c", "f", "w2")}
-    dw = _scratch((O, I), pre) if n_w else None
-    dgrad = _scratch((O, I), pre) if n_grad and st.f is not None else None
-    T = torch.zeros((B, I, H), dtype=pre.dtype, device=pre.device) if need_T else None
-    V = _scratch((B, O, H), pre) if need_V else None
-    S_buf = _scratch((blk.ob, I, H), pre)
-    hs_buf = _scratch((blk.ob, I, H), pre)
-    tmp = _scratch((blk.ob, I, H), pre)
-    tmpT = _scratch((blk.bb, I, H), pre)
+    dw = _scratch((OUT, IN), pre) if n_w else None
+    dgrad = _scratch((OUT, IN), pre) if n_grad and st.f is not None else None
+    T = torch.zeros((B, IN, H), dtype=pre.dtype, device=pre.device) if need_T else None
+    V = _scratch((B, OUT, H), pre) if need_V else None
+    S_buf = _scratch((blk.ob, IN, H), pre)
+    hs_buf = _scratch((blk.ob, IN, H), pre)
+    tmp = _scratch((blk.ob, IN, H), pre)
+    tmpT = _scratch((blk.bb, IN, H), pre)
     tmpV = _scratch((blk.bb, blk.ob, H), pre)
 
     if need_m or need_hs:
@@ -242,12 +242,12 @@ def _delta_backward(G, pre, w, post, grad, w1, b1, w2, hs_all, act, inputs, budg
                         torch.sum(z, 2, out=tmpV[:m_, :n])
                         V[bs, os_] = tmpV[:m_, :n]
             if need_hs:
-                acc["w2"] += hs.reshape(n * I, H).T @ g_blk.reshape(n * I)
+                acc["w2"] += hs.reshape(n * IN, H).T @ g_blk.reshape(n * IN)
             if need_S:
                 S.mul_(g_blk[:, :, None])
                 _finish_S(S, w[os_], None if grad is None else grad[os_], st, w2, acc, dw, dgrad, os_)
     if n_w2 and hs_all is not None:
-        acc["w2"] = hs_all.reshape(O * I, H).T @ g.reshape(O * I)
+        acc["w2"] = hs_all.reshape(OUT * IN, H).T @ g.reshape(OUT * IN)
     return _assemble(pre, post, w1, w2, st, inputs, needs, acc, T, V, dw, dgrad, db2=G.sum())
 
 
@@ -262,41 +262,41 @@ def _sum_into(z: Tensor, acc: Tensor, tmp: Tensor, first: bool) -> None:
 
 def _finish_S(S, w_blk, grad_blk, st, w2, acc, dw, dgrad, os_):
     """Consume one output block of S[o, i, h] = sum_b gamma m."""
-    n, I, H = S.shape
-    S2 = S.view(n * I, H)
+    n, IN, H = S.shape
+    S2 = S.view(n * IN, H)
     acc["b1"] += S2.sum(0)
     if st.c is not None:
-        acc["c"] += S2.T @ w_blk.reshape(n * I)
+        acc["c"] += S2.T @ w_blk.reshape(n * IN)
     if st.f is not None:
-        acc["f"] += S2.T @ grad_blk.reshape(n * I)
+        acc["f"] += S2.T @ grad_blk.reshape(n * IN)
     if dw is not None:
-        dw[os_] = (S2 @ (st.c * w2)).view(n, I) if st.c is not None else 0
+        dw[os_] = (S2 @ (st.c * w2)).view(n, IN) if st.c is not None else 0
     if dgrad is not None:
-        dgrad[os_] = (S2 @ (st.f * w2)).view(n, I)
+        dgrad[os_] = (S2 @ (st.f * w2)).view(n, IN)
 
 
 def _assemble(pre, post, w1, w2, st, inputs, needs, acc, T, V, dw, dgrad, db2, dpre_direct=None):
     """Turn the block sums into the gradients of (pre, w, post, grad, w1, b1, w2, b2)."""
     n_pre, n_w, n_post, n_grad, n_w1, n_b1, n_w2, n_b2 = needs
-    B, I = pre.shape
-    O = post.shape[1]
+    B, IN = pre.shape
+    OUT = post.shape[1]
     H = w1.shape[0]
     dpre = dpost = dW1 = None
     if n_pre:
         dpre = torch.zeros_like(pre) if dpre_direct is None else dpre_direct
         if st.a is not None:
-            dpre = dpre + (T.view(B * I, H) @ (st.a * w2)).view(B, I)
+            dpre = dpre + (T.view(B * IN, H) @ (st.a * w2)).view(B, IN)
     if n_post:
-        dpost = torch.zeros_like(post) if st.e is None else (V.view(B * O, H) @ (st.e * w2)).view(B, O)
+        dpost = torch.zeros_like(post) if st.e is None else (V.view(B * OUT, H) @ (st.e * w2)).view(B, OUT)
     if n_grad and dgrad is None:
-        dgrad = w2.new_zeros(O, I)
+        dgrad = w2.new_zeros(OUT, IN)
     if n_w1:
         cols = []
         for k in inputs:
             if k == "pre":
-                col = T.view(B * I, H).T @ pre.reshape(B * I)
+                col = T.view(B * IN, H).T @ pre.reshape(B * IN)
             elif k == "post":
-                col = V.view(B * O, H).T @ post.reshape(B * O)
+                col = V.view(B * OUT, H).T @ post.reshape(B * OUT)
             elif k == "w":
                 col = acc["c"]
             else:
@@ -314,8 +314,8 @@ def _assemble(pre, post, w1, w2, st, inputs, needs, acc, T, V, dw, dgrad, db2, d
 def _drive_forward(pre, w, post, grad, w1, b1, w2, b2, act, inputs, budget):
     st = _setup(pre, post, w1, inputs)
     blk = _Blocks(pre, w, w1.shape[0], budget)
-    B, O, I, H = blk.B, blk.O, blk.I, blk.H
-    out = _scratch((B, O), pre)
+    B, OUT, H = blk.B, blk.OUT, blk.H
+    out = _scratch((B, OUT), pre)
     hp = _scratch((blk.bb * blk.ob, 1, H), pre)
     for os_ in blk.o_blocks():
         n = os_.stop - os_.start
@@ -331,16 +331,16 @@ def _drive_forward(pre, w, post, grad, w1, b1, w2, b2, act, inputs, budget):
 
 def _contract_i(pre_blk: Tensor, z: Tensor, out: Tensor) -> Tensor:
     """out[(b, o), 0, h] = sum_i pre[b, i] z[b, o, i, h] (batched gemv)."""
-    m_, n, I, H = z.shape
-    p = pre_blk[:, None, None, :].expand(m_, n, 1, I).reshape(m_ * n, 1, I)
-    return torch.bmm(p, z.view(m_ * n, I, H), out=out)
+    m_, n, IN, H = z.shape
+    p = pre_blk[:, None, None, :].expand(m_, n, 1, IN).reshape(m_ * n, 1, IN)
+    return torch.bmm(p, z.view(m_ * n, IN, H), out=out)
 
 
 def _drive_backward(Gd, pre, w, post, grad, w1, b1, w2, b2, act, inputs, budget, needs):
     n_pre, n_w, n_post, n_grad, n_w1, n_b1, n_w2, n_b2 = needs
     st = _setup(pre, post, w1, inputs)
     blk = _Blocks(pre, w, w1.shape[0], budget)
-    B, O, I, H = blk.B, blk.O, blk.I, blk.H
+    B, OUT, IN, H = blk.B, blk.OUT, blk.IN, blk.H
     need_S = n_w or n_grad or n_w1 or n_b1
     need_T = n_pre or (n_w1 and st.a is not None)
     need_V = n_post or (n_w1 and st.e is not None)
@@ -348,14 +348,14 @@ def _drive_backward(Gd, pre, w, post, grad, w1, b1, w2, b2, act, inputs, budget,
     need_R = n_w2 or n_pre  # R[b, i, h] = sum_o Gd[b, o] act(z): dw2 and the direct pre term
 
     acc = {k: torch.zeros(H, dtype=pre.dtype, device=pre.device) for k in ("b1", "c", "f", "w2")}
-    dw = _scratch((O, I), pre) if n_w else None
-    dgrad = _scratch((O, I), pre) if n_grad and st.f is not None else None
-    R = torch.zeros((B, 1, I * H), dtype=pre.dtype, device=pre.device) if need_R else None
-    Tm = torch.zeros((B, 1, I * H), dtype=pre.dtype, device=pre.device) if need_T else None
-    Vm = _scratch((B, O, H), pre) if need_V else None
-    S_buf = _scratch((blk.ob, I, H), pre)
-    tmp = _scratch((blk.ob, I, H), pre)
-    tmpR = _scratch((blk.bb, 1, I * H), pre)
+    dw = _scratch((OUT, IN), pre) if n_w else None
+    dgrad = _scratch((OUT, IN), pre) if n_grad and st.f is not None else None
+    R = torch.zeros((B, 1, IN * H), dtype=pre.dtype, device=pre.device) if need_R else None
+    Tm = torch.zeros((B, 1, IN * H), dtype=pre.dtype, device=pre.device) if need_T else None
+    Vm = _scratch((B, OUT, H), pre) if need_V else None
+    S_buf = _scratch((blk.ob, IN, H), pre)
+    tmp = _scratch((blk.ob, IN, H), pre)
+    tmpR = _scratch((blk.bb, 1, IN * H), pre)
     tmpV = _scratch((blk.bb * blk.ob, 1, H), pre)
 
     if need_m or need_R:
@@ -369,13 +369,13 @@ def _drive_backward(Gd, pre, w, post, grad, w1, b1, w2, b2, act, inputs, budget,
                 z = _build(blk.z(bs, os_), u, st, bs, os_)
                 _act_(z, act)
                 if need_R:  # sum_o Gd[b, o] h[b, o, :, :]
-                    torch.bmm(gd, z.view(m_, n, I * H), out=tmpR[:m_])
+                    torch.bmm(gd, z.view(m_, n, IN * H), out=tmpR[:m_])
                     R[bs].add_(tmpR[:m_])
                 if not need_m:
                     continue
                 _deriv_from_act_(z, act)
                 if need_T:  # Tm[b, i, h] = sum_o Gd[b, o] m  (T = pre * Tm)
-                    torch.bmm(gd, z.view(m_, n, I * H), out=tmpR[:m_])
+                    torch.bmm(gd, z.view(m_, n, IN * H), out=tmpR[:m_])
                     Tm[bs].add_(tmpR[:m_])
                 if need_V:  # Vm[b, o, h] = sum_i pre[b, i] m  (V = Gd * Vm)
                     _contract_i(pre[bs], z, tmpV[: m_ * n])
@@ -388,16 +388,16 @@ def _drive_backward(Gd, pre, w, post, grad, w1, b1, w2, b2, act, inputs, budget,
 
     T = V = dpre_direct = None
     if need_T:
-        T = Tm.view(B, I, H) * pre[:, :, None]
+        T = Tm.view(B, IN, H) * pre[:, :, None]
     if need_V:
         V = Vm * Gd[:, :, None]
     gsum = Gd.sum(1)
     if need_R:
-        R3 = R.view(B, I, H)
+        R3 = R.view(B, IN, H)
         if n_w2:
-            acc["w2"] = R3.reshape(B * I, H).T @ pre.reshape(B * I)
+            acc["w2"] = R3.reshape(B * IN, H).T @ pre.reshape(B * IN)
         if n_pre:
-            dpre_direct = (R3.reshape(B * I, H) @ w2).view(B, I) + b2 * gsum[:, None]
+            dpre_direct = (R3.reshape(B * IN, H) @ w2).view(B, IN) + b2 * gsum[:, None]
     db2 = (gsum * pre.sum(1)).sum()
     return _assemble(pre, post, w1, w2, st, inputs, needs, acc, T, V, dw, dgrad, db2, dpre_direct)
 

@@ -99,17 +99,17 @@ def _act_and_deriv(z, ACT: tl.constexpr):
 
 
 @triton.jit
-def _delta_fwd_kernel(pre_ptr, w_ptr, post_ptr, g_ptr, coef_ptr, out_ptr, B, O, I, H, inv_b,
+def _delta_fwd_kernel(pre_ptr, w_ptr, post_ptr, g_ptr, coef_ptr, out_ptr, B, OUT, IN, H, inv_b,
                       HAS_PRE: tl.constexpr, HAS_W: tl.constexpr, HAS_POST: tl.constexpr, HAS_GRAD: tl.constexpr,
                       ACT: tl.constexpr, BO: tl.constexpr, BI: tl.constexpr):
     pid_o = tl.program_id(0)
     pid_i = tl.program_id(1)
     offs_o = pid_o * BO + tl.arange(0, BO)
     offs_i = pid_i * BI + tl.arange(0, BI)
-    mo = offs_o < O
-    mi = offs_i < I
+    mo = offs_o < OUT
+    mi = offs_i < IN
     mask = mo[:, None] & mi[None, :]
-    tile = offs_o[:, None] * I + offs_i[None, :]
+    tile = offs_o[:, None] * IN + offs_i[None, :]
     wt = tl.zeros((BO, BI), dtype=tl.float32)
     gt = tl.zeros((BO, BI), dtype=tl.float32)
     if HAS_W:
@@ -129,10 +129,10 @@ def _delta_fwd_kernel(pre_ptr, w_ptr, post_ptr, g_ptr, coef_ptr, out_ptr, B, O, 
         for b in range(B):
             z = u
             if HAS_PRE:
-                p = tl.load(pre_ptr + b * I + offs_i, mask=mi, other=0.0).to(tl.float32)
+                p = tl.load(pre_ptr + b * IN + offs_i, mask=mi, other=0.0).to(tl.float32)
                 z = z + (a_h * p)[None, :]
             if HAS_POST:
-                q = tl.load(post_ptr + b * O + offs_o, mask=mo, other=0.0).to(tl.float32)
+                q = tl.load(post_ptr + b * OUT + offs_o, mask=mo, other=0.0).to(tl.float32)
                 z = z + (e_h * q)[:, None]
             hs += _act(z, ACT)
         acc += w2_h * hs
@@ -141,17 +141,17 @@ def _delta_fwd_kernel(pre_ptr, w_ptr, post_ptr, g_ptr, coef_ptr, out_ptr, B, O, 
 
 
 @triton.jit
-def _drive_fwd_kernel(pre_ptr, w_ptr, post_ptr, g_ptr, coef_ptr, part_ptr, B, O, I, H,
+def _drive_fwd_kernel(pre_ptr, w_ptr, post_ptr, g_ptr, coef_ptr, part_ptr, B, OUT, IN, H,
                       HAS_PRE: tl.constexpr, HAS_W: tl.constexpr, HAS_POST: tl.constexpr, HAS_GRAD: tl.constexpr,
                       ACT: tl.constexpr, BO: tl.constexpr, BI: tl.constexpr):
     pid_o = tl.program_id(0)
     pid_i = tl.program_id(1)
     offs_o = pid_o * BO + tl.arange(0, BO)
     offs_i = pid_i * BI + tl.arange(0, BI)
-    mo = offs_o < O
-    mi = offs_i < I
+    mo = offs_o < OUT
+    mi = offs_i < IN
     mask = mo[:, None] & mi[None, :]
-    tile = offs_o[:, None] * I + offs_i[None, :]
+    tile = offs_o[:, None] * IN + offs_i[None, :]
     wt = tl.zeros((BO, BI), dtype=tl.float32)
     gt = tl.zeros((BO, BI), dtype=tl.float32)
     if HAS_W:
@@ -159,8 +159,8 @@ def _drive_fwd_kernel(pre_ptr, w_ptr, post_ptr, g_ptr, coef_ptr, part_ptr, B, O,
     if HAS_GRAD:
         gt = tl.load(g_ptr + tile, mask=mask, other=0.0).to(tl.float32)
     for b in range(B):
-        p = tl.load(pre_ptr + b * I + offs_i, mask=mi, other=0.0).to(tl.float32)
-        q = tl.load(post_ptr + b * O + offs_o, mask=mo, other=0.0).to(tl.float32)
+        p = tl.load(pre_ptr + b * IN + offs_i, mask=mi, other=0.0).to(tl.float32)
+        q = tl.load(post_ptr + b * OUT + offs_o, mask=mo, other=0.0).to(tl.float32)
         mt = tl.zeros((BO, BI), dtype=tl.float32)
         for h in range(H):
             a_h = tl.load(coef_ptr + 0 * H + h)
@@ -176,12 +176,12 @@ def _drive_fwd_kernel(pre_ptr, w_ptr, post_ptr, g_ptr, coef_ptr, part_ptr, B, O,
                 z = z + (e_h * q)[:, None]
             mt += w2_h * _act(z, ACT)
         row = tl.sum(mt * p[None, :], axis=1)  # (BO,): sum_i M(b, o, i) pre[b, i] over the tile
-        tl.store(part_ptr + (pid_i * B + b) * O + offs_o, row, mask=mo)
+        tl.store(part_ptr + (pid_i * B + b) * OUT + offs_o, row, mask=mo)
 
 
 @triton.jit
 def _bwd_kernel(pre_ptr, w_ptr, post_ptr, g_ptr, coef_ptr, up_ptr,
-                dw_ptr, dg_ptr, dpre_part_ptr, dpost_part_ptr, hpart_ptr, B, O, I, H,
+                dw_ptr, dg_ptr, dpre_part_ptr, dpost_part_ptr, hpart_ptr, B, OUT, IN, H,
                 DRIVE: tl.constexpr, HAS_PRE: tl.constexpr, HAS_W: tl.constexpr, HAS_POST: tl.constexpr,
                 HAS_GRAD: tl.constexpr, ACT: tl.constexpr, BO: tl.constexpr, BI: tl.constexpr, BH: tl.constexpr):
     pid_o = tl.program_id(0)
@@ -190,10 +190,10 @@ def _bwd_kernel(pre_ptr, w_ptr, post_ptr, g_ptr, coef_ptr, up_ptr,
     offs_o = pid_o * BO + tl.arange(0, BO)
     offs_i = pid_i * BI + tl.arange(0, BI)
     offs_h = tl.arange(0, BH)
-    mo = offs_o < O
-    mi = offs_i < I
+    mo = offs_o < OUT
+    mi = offs_i < IN
     mask = mo[:, None] & mi[None, :]
-    tile = offs_o[:, None] * I + offs_i[None, :]
+    tile = offs_o[:, None] * IN + offs_i[None, :]
     wt = tl.zeros((BO, BI), dtype=tl.float32)
     gt = tl.zeros((BO, BI), dtype=tl.float32)
     if HAS_W:
@@ -212,11 +212,11 @@ def _bwd_kernel(pre_ptr, w_ptr, post_ptr, g_ptr, coef_ptr, up_ptr,
     acc_f = tl.zeros((BH,), dtype=tl.float32)
     acc_w2 = tl.zeros((BH,), dtype=tl.float32)
     for b in range(B):
-        p = tl.load(pre_ptr + b * I + offs_i, mask=mi, other=0.0).to(tl.float32)
-        q = tl.load(post_ptr + b * O + offs_o, mask=mo, other=0.0).to(tl.float32)
+        p = tl.load(pre_ptr + b * IN + offs_i, mask=mi, other=0.0).to(tl.float32)
+        q = tl.load(post_ptr + b * OUT + offs_o, mask=mo, other=0.0).to(tl.float32)
         gd = tl.zeros((BO,), dtype=tl.float32)
         if DRIVE:  # upstream Gd[b, o] times the contraction weight pre[b, i]
-            gd = tl.load(up_ptr + b * O + offs_o, mask=mo, other=0.0).to(tl.float32)
+            gd = tl.load(up_ptr + b * OUT + offs_o, mask=mo, other=0.0).to(tl.float32)
             gam = gd[:, None] * p[None, :]
         mt = tl.zeros((BO, BI), dtype=tl.float32)
         dpre_b = tl.zeros((BI,), dtype=tl.float32)
@@ -256,8 +256,8 @@ def _bwd_kernel(pre_ptr, w_ptr, post_ptr, g_ptr, coef_ptr, up_ptr,
                 mt += w2_h * hv
         if DRIVE:  # direct term sum_o Gd[b, o] M(b, o, i), without the b2 part (added by torch)
             dpre_b += tl.sum(gd[:, None] * mt, axis=0)
-        tl.store(dpre_part_ptr + (pid_o * B + b) * I + offs_i, dpre_b, mask=mi)
-        tl.store(dpost_part_ptr + (pid_i * B + b) * O + offs_o, dpost_b, mask=mo)
+        tl.store(dpre_part_ptr + (pid_o * B + b) * IN + offs_i, dpre_b, mask=mi)
+        tl.store(dpost_part_ptr + (pid_i * B + b) * OUT + offs_o, dpost_b, mask=mo)
     tl.store(dw_ptr + tile, dw_acc, mask=mask)
     tl.store(dg_ptr + tile, dg_acc, mask=mask)
     mh = offs_h < H
@@ -287,45 +287,45 @@ def _flags(inputs, act):
                 HAS_GRAD="grad" in inputs, ACT=0 if act == "relu" else 1)
 
 
-def _launch_cfg(O, I, bo, bi):
+def _launch_cfg(OUT, IN, bo, bi):
     bo = bo or BLOCK_O
     bi = bi or BLOCK_I
-    return bo, bi, (triton.cdiv(O, bo), triton.cdiv(I, bi))
+    return bo, bi, (triton.cdiv(OUT, bo), triton.cdiv(IN, bi))
 
 
 def _forward(drive, pre, w, post, grad, coef, act, inputs, bo=None, bi=None):
-    B, I = pre.shape
-    O = w.shape[0]
+    B, IN = pre.shape
+    OUT = w.shape[0]
     H = (coef.numel() - 1) // 6
-    bo, bi, grid = _launch_cfg(O, I, bo, bi)
+    bo, bi, grid = _launch_cfg(OUT, IN, bo, bi)
     g = grad if grad is not None else w  # dummy pointer when the rule has no grad input
     flags = _flags(inputs, act)
     if not drive:
-        out = torch.empty((O, I), dtype=torch.float32, device=pre.device)
-        _delta_fwd_kernel[grid](pre, w, post, g, coef, out, B, O, I, H, 1.0 / B, **flags, BO=bo, BI=bi,
+        out = torch.empty((OUT, IN), dtype=torch.float32, device=pre.device)
+        _delta_fwd_kernel[grid](pre, w, post, g, coef, out, B, OUT, IN, H, 1.0 / B, **flags, BO=bo, BI=bi,
                                 num_warps=NUM_WARPS)
         return out
-    part = torch.empty((grid[1], B, O), dtype=torch.float32, device=pre.device)
-    _drive_fwd_kernel[grid](pre, w, post, g, coef, part, B, O, I, H, **flags, BO=bo, BI=bi, num_warps=NUM_WARPS)
+    part = torch.empty((grid[1], B, OUT), dtype=torch.float32, device=pre.device)
+    _drive_fwd_kernel[grid](pre, w, post, g, coef, part, B, OUT, IN, H, **flags, BO=bo, BI=bi, num_warps=NUM_WARPS)
     return part.sum(0) + coef[6 * H] * pre.float().sum(1, keepdim=True)
 
 
 def _backward(drive, up, pre, w, post, grad, coef, act, inputs, bo=None, bi=None):
     """Gradients (pre, w, post, grad, w1 (H, D), b1, w2, b2) in float32."""
-    B, I = pre.shape
-    O = w.shape[0]
+    B, IN = pre.shape
+    OUT = w.shape[0]
     H = (coef.numel() - 1) // 6
-    bo, bi, grid = _launch_cfg(O, I, bo, bi)
+    bo, bi, grid = _launch_cfg(OUT, IN, bo, bi)
     dev = pre.device
     g = grad if grad is not None else w
     f32 = dict(dtype=torch.float32, device=dev)
-    dw = torch.empty((O, I), **f32)
-    dg = torch.empty((O, I), **f32)
-    dpre_part = torch.empty((grid[0], B, I), **f32)
-    dpost_part = torch.empty((grid[1], B, O), **f32)
+    dw = torch.empty((OUT, IN), **f32)
+    dg = torch.empty((OUT, IN), **f32)
+    dpre_part = torch.empty((grid[0], B, IN), **f32)
+    dpost_part = torch.empty((grid[1], B, OUT), **f32)
     hpart = torch.empty((grid[0] * grid[1], 6, H), **f32)
     up = (up if drive else up / B).float().contiguous()
-    _bwd_kernel[grid](pre, w, post, g, coef, up, dw, dg, dpre_part, dpost_part, hpart, B, O, I, H,
+    _bwd_kernel[grid](pre, w, post, g, coef, up, dw, dg, dpre_part, dpost_part, hpart, B, OUT, IN, H,
                       DRIVE=drive, **_flags(inputs, act), BO=bo, BI=bi, BH=triton.next_power_of_2(H),
                       num_warps=NUM_WARPS)
     w2, b2 = coef[5 * H: 6 * H], coef[6 * H]
