@@ -10,7 +10,7 @@ a time instead of storing all of them.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor

@@ -71,13 +71,13 @@ def plot_curves_ci(curves: dict[str, list[list[dict]]], path: str | Path, title:
     return path
 
 
-def plot_paired_differences(diffs: dict[str, "np.ndarray"], path: str | Path, title: str) -> Path:  # noqa: F821
+def plot_paired_differences(diffs: dict[str, np.ndarray], path: str | Path, title: str) -> Path:  # noqa: F821
     """Per-seed paired differences (arm - control) as points, with the mean."""
     import numpy as np
 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(max(4, 0.9 * len(diffs) + 2), 4))
-    for i, (arm, d) in enumerate(diffs.items()):
+    for i, d in enumerate(diffs.values()):
         d = np.asarray(d, dtype=float)
         jitter = np.linspace(-0.15, 0.15, len(d)) if len(d) > 1 else np.zeros(1)
         ax.scatter(i + jitter, d, s=14, alpha=0.7)

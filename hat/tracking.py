@@ -61,7 +61,7 @@ def flatten(d: dict, prefix: str = "") -> dict[str, str]:
 class Run:
     """One MLflow run, addressed by id."""
 
-    def __init__(self, tracker: "Tracker", run_id: str):
+    def __init__(self, tracker: Tracker, run_id: str):
         self.tracker, self.run_id = tracker, run_id
 
     def log_params(self, params: dict) -> None:
@@ -131,8 +131,9 @@ class Tracker:
 
     def __init__(self, uri: str | None = None, experiment: str = EXPERIMENT):
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # offline machines: no usage pings
-        import mlflow
         from mlflow.tracking import MlflowClient
+
+        import mlflow
 
         self.uri = ensure_sqlite_dir(tracking_uri(uri))
         mlflow.set_tracking_uri(self.uri)

@@ -21,7 +21,7 @@ import sys
 import numpy as np
 
 from studies import common, stats
-from studies.common import Hypothesis, Param
+from studies.common import Hypothesis
 
 STUDY = "epochs"
 LATE_EPOCH = 0.5  # H-late: the benefit should appear at or after this many epochs
