@@ -254,6 +254,8 @@ def train(cfg: TrainConfig, data: hat_data.Data | None = None, tracker=None, par
                 perm = torch.randperm(n, generator=order_gen).to(device)
             idx = perm[pos * cfg.batch_size : (pos + 1) * cfg.batch_size]
             xb, yb = x_train[idx], y_train[idx]
+            if rule is not None and hasattr(rule, "set_epoch"):
+                rule.set_epoch(step / steps_per_epoch)  # time-varying rules (e.g. a replayed schedule)
             if labels is not None:
                 mask = labels[idx]
             else:

@@ -58,6 +58,9 @@ class Rule(nn.Module):
         """JSON-serializable description, logged as run parameters."""
         return {"rule": self.name}
 
+    # Optional: a rule that defines `set_epoch(epoch: float)` is told the training progress
+    # (in epochs) before every step; see rules/schedule.py.
+
 
 class ElementwiseRule(Rule):
     """A rule given per synapse by `pointwise`; `delta` is the chunked batch mean."""
