@@ -155,12 +155,15 @@ def _snapshot_steps(cfg: TrainConfig, steps_per_epoch: int, total: int) -> dict[
 
 def train(cfg: TrainConfig, data: hat_data.Data | None = None, tracker=None, parent_id: str | None = None,
           out_dir: str | Path | None = None, tags: dict | None = None, progress: bool = True,
-          run_name: str | None = None, callback=None, data_root: str | None = None, plot: bool = True) -> RunResult:
+          run_name: str | None = None, callback=None, data_root: str | None = None, plot: bool = True,
+          observer=None) -> RunResult:
     """Train one learner (and its rule) under `cfg`.
 
     tracker: a `hat.tracking.Tracker` or None (no MLflow). out_dir: where
     snapshots and plots go; plot: log a learning-curve PNG with the run. callback(eval_dict) is called after each
     evaluation; it may raise (e.g. optuna.TrialPruned) to stop the run.
+    observer(eval_dict, learner, rule) is called after each evaluation too, for
+    studies that inspect the learner or the rule along training (read only).
     A diverged run (non-finite loss or weights) stops at once and returns
     status "diverged"; it is marked FAILED in MLflow.
     """
@@ -229,6 +232,8 @@ def train(cfg: TrainConfig, data: hat_data.Data | None = None, tracker=None, par
         result.curve.append(ev)
         if run is not None:
             run.log_metrics({k: v for k, v in ev.items() if k != "step" and math.isfinite(v)}, step)
+        if observer is not None:
+            observer(ev, learner, rule)
         return ev
 
     def fail(reason: str) -> RunResult:

@@ -351,12 +351,13 @@ class Context:
     data: object
     progress: bool = True
 
-    def train(self, cfg: TrainConfig, tags: dict, run_name: str, callback=None):
+    def train(self, cfg: TrainConfig, tags: dict, run_name: str, callback=None, observer=None):
         from hat.trainer import train
 
         tags = {"study": self.study, "study_name": self.name, **tags}
         return train(cfg, data=self.data, tracker=self.tracker, parent_id=self.parent_id, out_dir=self.out,
-                     tags=tags, progress=self.progress, run_name=run_name, callback=callback, plot=False)
+                     tags=tags, progress=self.progress, run_name=run_name, callback=callback, plot=False,
+                     observer=observer)
 
 
 def make_context(study: str, args, defaults: dict | None = None) -> Context:
