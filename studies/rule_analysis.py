@@ -373,6 +373,11 @@ class ChangePoint:
     sse: float  # total within-segment squared error of the two-segment fit
     sse_null: float  # squared error of one constant (no change)
 
+    @property
+    def r2(self) -> float:
+        """Share of the one-constant squared error that the change explains (1 when there is none to explain)."""
+        return 1.0 if self.sse_null == 0 else 1.0 - self.sse / self.sse_null
+
 
 def change_point(t, values, min_size: int = 1) -> ChangePoint:
     """The split minimizing the total within-segment squared error of a two-segment piecewise-constant fit.
@@ -382,6 +387,8 @@ def change_point(t, values, min_size: int = 1) -> ChangePoint:
     t, y = np.asarray(t, dtype=float), np.asarray(values, dtype=float)
     if t.shape != y.shape or t.ndim != 1:
         raise ValueError("t and values must be one-dimensional and of equal length")
+    if not np.all(np.isfinite(y)):
+        raise ValueError("change_point needs finite values")
     n = len(y)
     if min_size < 1 or n < 2 * min_size:
         raise ValueError(f"need at least {2 * max(1, min_size)} points, got {n}")
