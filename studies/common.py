@@ -157,12 +157,13 @@ class Scale:
     margin: float = 0.5  # equivalence margin, accuracy points
     n_boot: int = 10000  # bootstrap resamples for CIs
     sampler_seed: int = 0  # TPE seed
+    population: int = 1  # seeds trained together per replicate unit (hat.population); >1 pays off on a GPU
 
 
 SCALES = {
     "smoke": dict(train_preset="smoke", trials=2, tuning_seeds=1, seeds=3, hat_runs=2, n_boot=2000),
     "quick": dict(train_preset="quick", trials=3, tuning_seeds=1, seeds=5, hat_runs=3),
-    "paper": dict(train_preset="paper", trials=20, tuning_seeds=2, seeds=100, hat_runs=100),
+    "paper": dict(train_preset="paper", trials=20, tuning_seeds=2, seeds=100, hat_runs=100, population=25),
 }
 
 
@@ -351,6 +352,13 @@ class Context:
     data: object
     progress: bool = True
 
+    def train_population(self, cfg: TrainConfig, seeds: list[int], tags: dict, run_name: str):
+        from hat.population import train_population
+
+        tags = {"study": self.study, "study_name": self.name, **tags}
+        return train_population(cfg, seeds, data=self.data, tracker=self.tracker, parent_id=self.parent_id,
+                                out_dir=self.out, tags=tags, progress=self.progress, run_name=run_name)
+
     def train(self, cfg: TrainConfig, tags: dict, run_name: str, callback=None, observer=None):
         from hat.trainer import train
 
@@ -476,21 +484,31 @@ def _preset_value(cfg: TrainConfig, key: str):
 
 def run_replicates(ctx: Context, arms: list[Arm], tuned: dict[str, dict], seeds: list[int],
                    phase: str = "replicate", base: TrainConfig | None = None, bar=None) -> dict[tuple[str, int], dict]:
-    """Each arm's tuned config on every seed (paired); {(arm, seed): result}."""
+    """Each arm's tuned config on every seed (paired); {(arm, seed): result}.
+
+    A unit is one arm on `scale.population` seeds, trained together by `hat.population` when more than one.
+    """
     by_name = {a.name: a for a in arms}
-    units = {f"{a.name}|{s}": {"arm": a.name, "seed": s} for a in arms for s in seeds}
+    base = base or ctx.base
+    pop = ctx.scale.population if not base.grad_clip else 1
+    chunks = [seeds[i : i + pop] for i in range(0, len(seeds), max(1, pop))]
+    units = {f"{a.name}|{','.join(map(str, c))}": {"arm": a.name, "seeds": c} for a in arms for c in chunks}
 
     def fn(key, spec):
         arm = by_name[spec["arm"]]
-        cfg = arm.config(base or ctx.base, tuned.get(arm.name, {}).get("params")).replace(seed=spec["seed"])
-        res = ctx.train(cfg, {"arm": arm.name, "rule": cfg.rule, "seed": spec["seed"], "phase": phase,
-                              "hypothesis": arm.hypothesis}, f"{phase} {arm.name} s{spec['seed']}")
+        cfg = arm.config(base, tuned.get(arm.name, {}).get("params"))
+        tags = {"arm": arm.name, "rule": cfg.rule, "phase": phase, "hypothesis": arm.hypothesis}
+        if len(spec["seeds"]) == 1:
+            s = spec["seeds"][0]
+            res = [ctx.train(cfg.replace(seed=s), {**tags, "seed": s}, f"{phase} {arm.name} s{s}")]
+        else:
+            res = ctx.train_population(cfg, spec["seeds"], tags, f"{phase} {arm.name}")
         if bar is not None:
-            bar.update(1)
-        return result_dict(res)
+            bar.update(len(res))
+        return {str(s): result_dict(r) for s, r in zip(spec["seeds"], res)}
 
     done = run_units(ctx.storage, f"{ctx.name}:{phase}", units, fn)
-    return {(v["arm"], v["seed"]): done[k] for k, v in units.items()}
+    return {(v["arm"], s): done[k][str(s)] for k, v in units.items() for s in v["seeds"]}
 
 
 def tune_all(ctx: Context, arms: list[Arm], bar=None) -> dict[str, dict]:

@@ -172,7 +172,7 @@ def test_kill_and_rerun_finishes_without_redoing(tmp_path):
     after = _unit_trials(storage, "resume:replicate")
     assert len(after) == 12 and all(len(v) == 1 for v in after.values())  # every unit done exactly once
     for key, res in before.items():
-        assert after[key][0]["run_id"] == res[0]["run_id"]  # finished units were not redone
+        assert after[key][0] == res[0]  # finished units were not redone (same runs, same results)
     assert (tmp_path / "out" / "report.md").is_file()
 
 
@@ -187,3 +187,17 @@ def test_two_workers_split_the_work(tmp_path):
     runs = mlflow_runs(tmp_path, "tags.phase = 'replicate'")
     assert len(runs) == 12  # no unit trained twice
     assert (tmp_path / "out" / "report.md").is_file()
+
+
+def test_population_replicates(tmp_path):
+    """--population 2: replicates of one arm train two seeds at a time; the results are per seed as usual."""
+    from studies import epochs
+
+    assert epochs.main(["--preset", "smoke", "--trials", "0", "--seeds", "3", "--population", "2",
+                        "--epochs", "0.5", *stores(tmp_path)]) == 0
+    rows = read_results(tmp_path / "out" / "results.csv")
+    assert set(rows) == {(a, s) for a in ("control", "hat", "noise") for s in range(3)}
+    done = _unit_trials(f"sqlite:///{tmp_path}/optuna.db", "epochs-smoke:replicate")
+    assert sorted(done) == sorted(f"{a}|{c}" for a in ("control", "hat", "noise") for c in ("0,1", "2"))
+    runs = mlflow_runs(tmp_path, "tags.phase = 'replicate'")
+    assert len(runs) == 9 and sum(r.data.tags.get("population") == "2" for r in runs) == 6

@@ -1,0 +1,274 @@
+"""Population-batched training: P seeds of one arm in one process.
+
+The P learners' weights are stacked at every step, (P, O, I), so each layer of
+all P learners is one batched matmul (`baddbmm`) forward and backward; the
+rule's update is applied per pair through `population_delta` (one call per
+pair today; a kernel that takes the P dimension plugs in there). Each pair
+keeps its own leaf parameters, optimizer, rule, data order, label mask and
+divergence state, so pair p follows exactly the recipe of `train()` with seed
+p: its results equal a single run's up to float rounding of the batched
+matmuls (tested at atol 1e-4 on accuracies' inputs; see tests/test_population.py).
+
+Use: `train_population(cfg, seeds, data)` -> one `RunResult` per seed.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from hat import data as hat_data
+from hat.config import TrainConfig
+from hat.device import pick_device
+from hat.trainer import Learner, RunResult, _make_optimizer, _save_snapshot, _snapshot_steps, build_rule
+
+
+def population_delta(rules, pre: Tensor, w: Tensor, post: Tensor, grads: list[Tensor] | None) -> Tensor:
+    """(P, O, I): each pair's rule on its own slice of pre (P, B, I), w (P, O, I), post (P, B, O)."""
+    return torch.stack([r.delta(pre[p], w[p], post[p], None if grads is None else grads[p])
+                        for p, r in enumerate(rules)])
+
+
+def population_drive(rules, pre, w, post, grads) -> Tensor:
+    """(P, B, O): each pair's per-sample drive."""
+    return torch.stack([r.per_sample_drive(pre[p], w[p], post[p], None if grads is None else grads[p])
+                        for p, r in enumerate(rules)])
+
+
+def _act(learner: Learner, layer: int, logit_relu: bool):
+    return learner.layer_act(layer, logit_relu)
+
+
+def population_forward(learners: list[Learner], rules, x: Tensor, cfg: TrainConfig, grads):
+    """Training forward pass of P pairs; x (P, B, I). Returns logits (P, B, C) and W' per layer (P, O, I)."""
+    v = x
+    new_ws = []
+    local = set(range(learners[0].n_layers)) if cfg.local_layers is None else set(cfg.local_layers)
+    for layer in range(learners[0].n_layers):
+        w = torch.stack([lr.weights[layer] for lr in learners])  # (P, O, I)
+        b = torch.stack([lr.biases[layer] for lr in learners])[:, None, :]  # (P, 1, O)
+        act = _act(learners[0], layer, cfg.logit_relu)
+        z = torch.baddbmm(b, v, w.transpose(1, 2))  # (P, B, I) @ (P, I, O) -> (P, B, O)
+        if rules is None or layer not in local:
+            v = act(z)
+            new_ws.append(w)
+            continue
+        v_hat = act(z)
+        pre, ww, post = (v.detach(), w.detach(), v_hat.detach()) if cfg.detach_rule_inputs else (v, w, v_hat)
+        g = [gr[layer] for gr in grads] if rules[0].uses_grad else None
+        d = population_delta(rules, pre, ww, post, g)  # (P, O, I)
+        w_new = w + cfg.rate * d
+        if cfg.per_sample:
+            v = act(z + cfg.rate * population_drive(rules, pre, ww, post, g))
+        else:
+            v = act(torch.baddbmm(b, v, w_new.transpose(1, 2)))  # (P, B, O)
+        new_ws.append(w_new)
+    return v, new_ws
+
+
+@torch.no_grad()
+def _accuracies(learners: list[Learner], x: Tensor, y: Tensor, batch: int = 5000) -> list[float]:
+    correct = torch.zeros(len(learners), device=x.device)
+    for i in range(0, len(x), batch):
+        xb = x[i : i + batch]
+        v = xb.expand(len(learners), *xb.shape)  # (P, N, I)
+        for layer in range(learners[0].n_layers):
+            w = torch.stack([lr.weights[layer] for lr in learners])  # (P, O, I)
+            b = torch.stack([lr.biases[layer] for lr in learners])[:, None, :]  # (P, 1, O)
+            v = learners[0].layer_act(layer)(torch.baddbmm(b, v, w.transpose(1, 2)))  # (P, N, O)
+        correct += (v.argmax(2) == y[i : i + batch]).sum(1)
+    return (100.0 * correct / max(1, len(x))).tolist()
+
+
+def train_population(cfg: TrainConfig, seeds: list[int], data: hat_data.Data | None = None, tracker=None,
+                     parent_id: str | None = None, out_dir: str | Path | None = None, tags: dict | None = None,
+                     progress: bool = True, run_name: str | None = None) -> list[RunResult]:
+    """Train `cfg` once per seed, all seeds batched; one RunResult (and MLflow run) per seed."""
+    if cfg.grad_clip:
+        raise ValueError("population training does not support grad_clip (it would need per-pair norms)")
+    device = pick_device(cfg.device)
+    data = data or hat_data.load(None, device, cfg.val_size)
+    x_train, y_train = data.x_train, data.y_train
+    if cfg.train_limit:
+        x_train, y_train = x_train[: cfg.train_limit], y_train[: cfg.train_limit]
+    x_val, y_val, x_test, y_test = data.x_val, data.y_val, data.x_test, data.y_test
+    if cfg.eval_limit:
+        x_val, y_val = x_val[: cfg.eval_limit], y_val[: cfg.eval_limit]
+        x_test, y_test = x_test[: cfg.eval_limit], y_test[: cfg.eval_limit]
+    cfgs = [cfg.replace(seed=s) for s in seeds]
+    P = len(cfgs)
+    learners = [Learner(c.widths, c.act, torch.Generator().manual_seed(c.seed + c.init_seed_offset)).to(device)
+                for c in cfgs]
+    rules = None if cfg.rule == "none" else [build_rule(c).to(device) for c in cfgs]
+    for r in rules or ():
+        for m in r.modules():
+            if hasattr(m, "memory_budget"):
+                m.memory_budget = cfg.memory_budget_mb * 2**20
+    opts_l = [_make_optimizer(cfg.optimizer, lr.parameters(), cfg.lr) for lr in learners]
+    opts_m = [_make_optimizer(cfg.rule_optimizer, r.parameters(), cfg.rule_lr) for r in rules] if rules else [None] * P
+
+    n = len(x_train)
+    steps_per_epoch = n // cfg.batch_size
+    if steps_per_epoch < 1:
+        raise ValueError(f"batch size {cfg.batch_size} exceeds the {n} training examples")
+    total = max(1, round(cfg.epochs * steps_per_epoch))
+    eval_every = max(1, round(steps_per_epoch / cfg.evals_per_epoch))
+    snap_at = _snapshot_steps(cfg, steps_per_epoch, total)
+    order_gens = [torch.Generator().manual_seed(c.seed + 1_000_003) for c in cfgs]
+    batch_gens = [torch.Generator().manual_seed(c.seed + 2_000_003) for c in cfgs]
+    if cfg.label_mode not in ("subset", "batch"):
+        raise ValueError(f"label_mode must be 'subset' or 'batch', got {cfg.label_mode!r}")
+    labels = ([hat_data.label_mask(n, cfg.label_fraction, c.seed, device) for c in cfgs]
+              if cfg.label_mode == "subset" else None)
+    grads = [[torch.zeros_like(w) for w in lr.weights] for lr in learners]
+
+    runs = [None] * P
+    if tracker is not None:
+        for p, c in enumerate(cfgs):
+            runs[p] = tracker.start_run(f"{run_name or cfg.rule} s{c.seed}", parent_id=parent_id,
+                                        tags={"rule": c.rule, "seed": c.seed, "population": P, **(tags or {})})
+            runs[p].log_params({**c.to_dict(), **({"rule_desc": rules[p].describe()} if rules else {})})
+    results = [RunResult(status="ok", run_id=r.run_id if r else None) for r in runs]
+    alive = [True] * P
+    n_layers = learners[0].n_layers
+    diag = torch.zeros(P, n_layers, 3, device=device)  # per pair and layer: |local|, |grad update|, cos
+    diag_n = [0] * P
+    loss_sum = torch.zeros(P, device=device)
+    loss_n = [0] * P
+    start = time.perf_counter()
+
+    def fail(p: int, reason: str) -> None:
+        alive[p] = False
+        results[p].status, results[p].reason = "diverged", reason
+        if runs[p] is not None:
+            runs[p].set_tags({"status": "diverged", "failure_reason": reason})
+            runs[p].finish("FAILED")
+
+    def evaluate(step: int) -> None:
+        live = [p for p in range(P) if alive[p]]
+        val = _accuracies([learners[p] for p in live], x_val, y_val)
+        test = _accuracies([learners[p] for p in live], x_test, y_test)
+        seconds = time.perf_counter() - start
+        for k, p in enumerate(live):
+            ev = {"step": step, "epoch": step / steps_per_epoch, "seconds": seconds,
+                  "train_loss": (loss_sum[p] / loss_n[p]).item() if loss_n[p] else float("nan"),
+                  "val_acc": val[k], "test_acc": test[k]}
+            if diag_n[p]:
+                d = (diag[p] / diag_n[p]).tolist()
+                for layer in range(n_layers):
+                    ev[f"local_norm_{layer}"], ev[f"grad_update_norm_{layer}"], ev[f"cos_local_neggrad_{layer}"] = d[layer]
+            diag[p].zero_()
+            diag_n[p], loss_n[p] = 0, 0
+            loss_sum[p] = 0.0
+            results[p].curve.append(ev)
+            if runs[p] is not None:
+                runs[p].log_metrics({k2: v for k2, v in ev.items() if k2 != "step" and math.isfinite(v)}, step)
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, desc=run_name or f"{cfg.rule} x{P}", unit="step", leave=False)
+    try:
+        evaluate(0)
+        perms = [None] * P
+        for step in range(total):
+            pos = step % steps_per_epoch
+            if pos == 0:
+                perms = [torch.randperm(n, generator=g).to(device) for g in order_gens]
+            idx = torch.stack([pm[pos * cfg.batch_size : (pos + 1) * cfg.batch_size] for pm in perms])  # (P, B)
+            xb, yb = x_train[idx], y_train[idx]  # (P, B, I), (P, B)
+            if labels is not None:
+                mask = torch.stack([labels[p][idx[p]] for p in range(P)])  # (P, B)
+            else:
+                flags = [torch.rand((), generator=g).item() < cfg.label_fraction for g in batch_gens]
+                mask = torch.tensor(flags, device=device)[:, None].expand(P, idx.shape[1])  # (P, B)
+            if rules is not None:
+                for r in rules:
+                    if hasattr(r, "set_epoch"):
+                        r.set_epoch(step / steps_per_epoch)
+            has = mask.any(1).tolist()
+            logits, new_ws = population_forward(learners, rules, xb, cfg, grads)
+            losses = []
+            for p in range(P):
+                if alive[p] and has[p]:
+                    loss = F.cross_entropy(logits[p][mask[p]], yb[p][mask[p]])
+                    if not torch.isfinite(loss):
+                        fail(p, f"non-finite training loss ({loss.item()}) at step {step}")
+                    else:
+                        losses.append(loss)
+                        loss_sum[p] += loss.detach()
+                        loss_n[p] += 1
+            stepping = [p for p in range(P) if alive[p] and has[p]]
+            for p in stepping:
+                for opt in (opts_l[p], opts_m[p]):
+                    if opt:
+                        opt.zero_grad(set_to_none=True)
+            if losses:
+                torch.stack(losses).sum().backward()
+            with torch.no_grad():
+                for p in range(P):
+                    if not alive[p]:
+                        continue
+                    persisted = []
+                    for layer, w in enumerate(learners[p].weights):
+                        local = new_ws[layer][p] - w  # (O, I)
+                        if has[p]:
+                            g = w.grad if w.grad is not None else torch.zeros_like(w)
+                            grads[p][layer] = g.abs()
+                            persisted.append((local, g, None))
+                        w.copy_(new_ws[layer][p])
+                        if has[p]:
+                            persisted[-1] = (local, g, w.detach().clone())
+                    if not has[p]:
+                        continue
+                    for opt in (opts_l[p], opts_m[p]):
+                        if opt:
+                            opt.step()
+                    for layer, (local, g, before) in enumerate(persisted):
+                        update = learners[p].weights[layer] - before
+                        cos = (local * -g).sum() / (local.norm() * g.norm()).clamp_min(1e-30)
+                        diag[p, layer] += torch.stack([local.norm(), update.norm(), cos])
+                    diag_n[p] += 1
+            done = step + 1
+            if bar is not None:
+                bar.update(1)
+            if done in snap_at and rules is not None and hasattr(rules[0], "config"):
+                for p in range(P):
+                    if alive[p]:
+                        results[p].snapshots.append(str(_save_snapshot(rules[p], cfgs[p], done, snap_at[done],
+                                                                       Path(out_dir) if out_dir else None, runs[p])))
+            if done % eval_every == 0 or done == total:
+                for p in range(P):
+                    if alive[p] and not all(torch.isfinite(t).all() for t in learners[p].parameters()):
+                        fail(p, f"non-finite learner weights at step {done}")
+                evaluate(done)
+            if not any(alive):
+                break
+        for p in range(P):
+            if not alive[p]:
+                continue
+            last = results[p].curve[-1]
+            results[p].val_acc, results[p].test_acc, results[p].train_loss = last["val_acc"], last["test_acc"], last["train_loss"]
+            results[p].steps = total
+            results[p].seconds = time.perf_counter() - start
+            if runs[p] is not None:
+                runs[p].log_metrics({"final_val_acc": results[p].val_acc, "final_test_acc": results[p].test_acc,
+                                     "seconds": results[p].seconds}, total)
+                runs[p].set_tags({"status": "ok"})
+                runs[p].finish("FINISHED")
+        return results
+    except BaseException as e:
+        for p in range(P):
+            if runs[p] is not None and alive[p]:
+                runs[p].set_tags({"status": "interrupted", "failure_reason": type(e).__name__})
+                runs[p].finish("KILLED")
+        raise
+    finally:
+        if bar is not None:
+            bar.close()

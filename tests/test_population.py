@@ -1,0 +1,78 @@
+"""Population-batched training equals the same seeds trained alone (up to float rounding)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from hat.config import TrainConfig
+from hat.population import train_population
+from hat.trainer import train
+
+SEEDS = [0, 1, 2]
+
+
+def _cfg(**kw) -> TrainConfig:
+    base = dict(widths=(6, 5, 10), batch_size=20, epochs=1.0, evals_per_epoch=4, val_size=100, device="cpu",
+                mlp={"inputs": ["pre", "w", "post"], "hidden": 3, "act": "tanh"})
+    return TrainConfig(**{**base, **kw})
+
+
+def _close(single, batched, loss_rtol=1e-4, acc_atol=1.01):
+    """Same schedule; losses equal to float rounding; accuracies within one example of 100."""
+    assert single.status == batched.status
+    assert len(single.curve) == len(batched.curve)
+    for a, b in zip(single.curve, batched.curve):
+        assert a["step"] == b["step"]
+        if math.isnan(a["train_loss"]):
+            assert math.isnan(b["train_loss"])
+        else:
+            assert b["train_loss"] == pytest.approx(a["train_loss"], rel=loss_rtol)
+        assert abs(a["val_acc"] - b["val_acc"]) <= acc_atol
+        for k in a:
+            if k.startswith("local_norm"):
+                assert b[k] == pytest.approx(a[k], rel=1e-3, abs=1e-7)
+
+
+@pytest.mark.parametrize("overrides", [
+    dict(rule="none"),
+    dict(rule="hebb", rate=1e-2),
+    dict(rule="mlp", rate=1e-2, rule_lr=1e-2),
+    dict(rule="mlp", rate=1e-2, per_sample=True, optimizer="sgd", lr=0.1),
+    dict(rule="oja", rate=1e-2, label_fraction=0.3, label_mode="batch"),
+    dict(rule="converged", rate=1e-3, label_fraction=0.1),
+], ids=["control", "hebb", "mlp", "mlp-per-sample", "oja-batch-labels", "converged-subset-labels"])
+def test_population_equals_single_runs(toy_data, overrides):
+    cfg = _cfg(**overrides)
+    batched = train_population(cfg, SEEDS, data=toy_data, progress=False)
+    for seed, b in zip(SEEDS, batched):
+        _close(train(cfg.replace(seed=seed), data=toy_data, progress=False), b)
+
+
+def test_one_diverged_pair_does_not_touch_the_others(toy_data):
+    """A rate that blows up only the seeds it reaches first: every pair's fate equals its single run's."""
+    cfg = _cfg(rule="converged", rate=30.0, rule_params={"c": 2.0}, lr=1e-3)
+    batched = train_population(cfg, SEEDS, data=toy_data, progress=False)
+    singles = [train(cfg.replace(seed=s), data=toy_data, progress=False) for s in SEEDS]
+    assert [r.status for r in batched] == [r.status for r in singles]
+    assert any(r.status == "diverged" for r in batched)
+    for s, b in zip(singles, batched):
+        if s.ok:
+            _close(s, b)
+        else:
+            assert "non-finite" in b.reason
+
+
+def test_population_snapshots_per_pair(toy_data, tmp_path):
+    cfg = _cfg(rule="mlp", rate=1e-2, snapshot_epochs=(0.5, 1.0))
+    batched = train_population(cfg, SEEDS, data=toy_data, progress=False, out_dir=tmp_path)
+    for seed, r in zip(SEEDS, batched):
+        assert [p.rsplit("_", 1)[-1] for p in r.snapshots] == ["epoch0.5.pt", "epoch1.pt"]
+        assert all(f"seed{seed}_" in p for p in r.snapshots)
+    single = train(cfg.replace(seed=1), data=toy_data, progress=False, out_dir=tmp_path / "single")
+    a = torch.load(single.snapshots[-1], weights_only=True)
+    b = torch.load(batched[1].snapshots[-1], weights_only=True)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
