@@ -149,10 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     sc = ctx.scale
     seeds = list(range(sc.seeds))
     arms = build_arms(ctx.base)
-    bar = common.progress_bar(len(arms) * (sc.trials * sc.tuning_seeds + sc.seeds), STUDY, ctx.progress)
+    bar = common.progress_bar(common.units_total(sc, len(arms)), STUDY, ctx.progress)
     tuned, results = common.tune_and_replicate(ctx, arms, seeds, bar)
-    if bar is not None:
-        bar.close()
+    bar.close()
     if args.no_report:
         return 0
 

@@ -43,6 +43,7 @@ from hat.config import TrainConfig
 from hat.tracking import REPO_ROOT, STORE, Tracker, ensure_sqlite_dir, retry, store_lock, ui_command
 
 TUNING_SEED_BASE = 10_000  # tuning seeds: 10000, 10001, ... (never a final seed)
+PHASE1_SEED_BASE = 20_000  # meta-learner (phase 1) runs: 20000, 20001, ... (never a fresh learner's seed)
 HEARTBEAT_S = 5  # a running unit records a heartbeat this often (env HAT_HEARTBEAT_S overrides)
 GRACE_S = 20  # a unit whose heartbeat is older than this is taken as dead and redone (env HAT_GRACE_S)
 POLL_S = 2.0
@@ -396,13 +397,29 @@ def make_context(study: str, args, defaults: dict | None = None) -> Context:
     return Context(study, name, scale, base, storage, tracker, parent_id, out, data, not args.no_progress)
 
 
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+NO_BAR = _NoBar()  # stateless: safe as a default argument
+
+
 def progress_bar(total: int, desc: str, enabled: bool):
-    """A tqdm bar with ETA, or a no-op."""
+    """A tqdm bar with ETA over a study's units, or a silent stand-in with the same methods."""
     if not enabled:
-        return None
+        return _NoBar()
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit="unit", position=0)
+
+
+def units_total(scale: Scale, n_arms: int, hat_runs: int = 0) -> int:
+    """Training runs of a study: phase-1 runs, then every arm's tuning trials and replicates."""
+    return hat_runs + n_arms * (scale.trials * scale.tuning_seeds + scale.seeds)
 
 
 # ---------------------------------------------------------------- tuning
@@ -483,7 +500,7 @@ def _preset_value(cfg: TrainConfig, key: str):
 
 
 def run_replicates(ctx: Context, arms: list[Arm], tuned: dict[str, dict], seeds: list[int],
-                   phase: str = "replicate", base: TrainConfig | None = None, bar=None) -> dict[tuple[str, int], dict]:
+                   phase: str = "replicate", base: TrainConfig | None = None, bar=NO_BAR) -> dict[tuple[str, int], dict]:
     """Each arm's tuned config on every seed (paired); {(arm, seed): result}.
 
     A unit is one arm on `scale.population` seeds, trained together by `hat.population` when more than one.
@@ -503,20 +520,55 @@ def run_replicates(ctx: Context, arms: list[Arm], tuned: dict[str, dict], seeds:
             res = [ctx.train(cfg.replace(seed=s), {**tags, "seed": s}, f"{phase} {arm.name} s{s}")]
         else:
             res = ctx.train_population(cfg, spec["seeds"], tags, f"{phase} {arm.name}")
-        if bar is not None:
-            bar.update(len(res))
+        bar.update(len(res))
         return {str(s): result_dict(r) for s, r in zip(spec["seeds"], res)}
 
     done = run_units(ctx.storage, f"{ctx.name}:{phase}", units, fn)
     return {(v["arm"], s): done[k][str(s)] for k, v in units.items() for s in v["seeds"]}
 
 
-def tune_all(ctx: Context, arms: list[Arm], bar=None) -> dict[str, dict]:
+def train_meta_learners(ctx: Context, snapshot_epochs, bar=NO_BAR) -> dict[int, dict[float, str]]:
+    """Phase 1: `scale.hat_runs` HAT learners with trainable meta-learners (preset values), saving M at
+    `snapshot_epochs`; {seed: {epoch: snapshot path}}. Resumable and split across workers like any unit."""
+    cfg = ctx.base.replace(rule="mlp", trainable_rule=True, snapshot_epochs=tuple(snapshot_epochs))
+    units = {f"hat|{PHASE1_SEED_BASE + k}": {"seed": PHASE1_SEED_BASE + k} for k in range(ctx.scale.hat_runs)}
+
+    def fn(key, spec):
+        res = ctx.train(cfg.replace(seed=spec["seed"]), {"arm": "hat", "rule": "mlp", "seed": spec["seed"],
+                                                         "phase": "phase1"}, f"phase1 hat s{spec['seed']}")
+        bar.update(1)
+        return result_dict(res)
+
+    done = run_units(ctx.storage, f"{ctx.name}:phase1", units, fn)
+    ok = [r for r in done.values() if r["status"] == "ok"]
+    if not ok:
+        raise SystemExit("phase 1: every HAT run diverged; no meta-learner to freeze (see MLflow for reasons)")
+    snaps: dict[int, dict[float, str]] = {}
+    for r in ok:
+        for p in r["snapshots"]:
+            meta = json.loads(Path(p).with_suffix(".json").read_text())
+            snaps.setdefault(meta["seed"], {})[meta["epoch"]] = p
+    return snaps
+
+
+def snapshots_from_dir(folder: str | Path) -> dict[int, dict[float, str]]:
+    """Snapshots saved by an earlier run: {seed: {epoch: path}}."""
+    folder = Path(folder)
+    files = sorted(folder.glob("*.json"))
+    if not files:
+        raise SystemExit(f"--snapshots {folder}: no snapshot (*.json + *.pt) found there")
+    snaps: dict[int, dict[float, str]] = {}
+    for js in files:
+        meta = json.loads(js.read_text())
+        snaps.setdefault(meta["seed"], {})[meta["epoch"]] = str(js.with_suffix(".pt"))
+    return snaps
+
+
+def tune_all(ctx: Context, arms: list[Arm], bar=NO_BAR) -> dict[str, dict]:
     tuned = {}
     for arm in arms:
         tuned[arm.name] = tune_arm(ctx, arm)
-        if bar is not None:
-            bar.update(ctx.scale.trials * ctx.scale.tuning_seeds)
+        bar.update(ctx.scale.trials * ctx.scale.tuning_seeds)
     return tuned
 
 
@@ -660,7 +712,7 @@ def comparison_sections(ctx: Context, arms: list[Arm], tuned: dict[str, dict], r
     return sections, files, comps
 
 
-def tune_and_replicate(ctx: Context, arms: list[Arm], seeds: list[int], bar=None):
+def tune_and_replicate(ctx: Context, arms: list[Arm], seeds: list[int], bar=NO_BAR):
     tuned = tune_all(ctx, arms, bar)
     results = run_replicates(ctx, arms, tuned, seeds, bar=bar)
     return tuned, results

@@ -21,54 +21,18 @@ Run:   python -m studies.fixed_rule                   # quick preset, ~15 min on
 
 from __future__ import annotations
 
-import json
 import sys
-from pathlib import Path
 
 from studies import common
 from studies.common import Arm, Hypothesis, Param
 
 STUDY = "fixed_rule"
 EARLY_EPOCH = 0.5  # the "early" snapshot
-PHASE1_SEED_BASE = 20_000  # meta-learner runs never share a seed with the fresh learners
 
 
-def phase1(ctx: common.Context, bar=None) -> dict[int, dict[float, str]]:
-    """Train `hat_runs` HAT learners with trainable meta-learners; {seed: {epoch: snapshot path}}."""
-    cfg = ctx.base.replace(rule="mlp", trainable_rule=True,
-                           snapshot_epochs=tuple(sorted({min(EARLY_EPOCH, ctx.base.epochs), ctx.base.epochs})))
-    units = {f"hat|{PHASE1_SEED_BASE + k}": {"seed": PHASE1_SEED_BASE + k} for k in range(ctx.scale.hat_runs)}
-
-    def fn(key, spec):
-        res = ctx.train(cfg.replace(seed=spec["seed"]), {"arm": "hat", "rule": "mlp", "seed": spec["seed"],
-                                                         "phase": "phase1"}, f"phase1 hat s{spec['seed']}")
-        if bar is not None:
-            bar.update(1)
-        return common.result_dict(res)
-
-    done = common.run_units(ctx.storage, f"{ctx.name}:phase1", units, fn)
-    ok = [r for r in done.values() if r["status"] == "ok"]
-    if not ok:
-        raise SystemExit("phase 1: every HAT run diverged; no meta-learner to freeze (see MLflow for reasons)")
-    snaps = {}
-    for r in ok:
-        for p in r["snapshots"]:
-            meta = json.loads(Path(p).with_suffix(".json").read_text())
-            snaps.setdefault(meta["seed"], {})[meta["epoch"]] = p
-    return snaps
-
-
-def snapshots_from_dir(folder: str | Path) -> dict[int, dict[float, str]]:
-    """Snapshots saved by an earlier run: {seed: {epoch: path}}."""
-    folder = Path(folder)
-    files = sorted(folder.glob("*.json"))
-    if not files:
-        raise SystemExit(f"--snapshots {folder}: no snapshot (*.json + *.pt) found there")
-    snaps: dict[int, dict[float, str]] = {}
-    for js in files:
-        meta = json.loads(js.read_text())
-        snaps.setdefault(meta["seed"], {})[meta["epoch"]] = str(js.with_suffix(".pt"))
-    return snaps
+def phase1(ctx: common.Context, bar=common.NO_BAR) -> dict[int, dict[float, str]]:
+    """Train `hat_runs` HAT learners, saving M early and at the end; {seed: {epoch: snapshot path}}."""
+    return common.train_meta_learners(ctx, sorted({min(EARLY_EPOCH, ctx.base.epochs), ctx.base.epochs}), bar)
 
 
 def pick(snaps: dict[int, dict[float, str]]) -> tuple[list[str], str, str]:
@@ -117,20 +81,18 @@ def main(argv: list[str] | None = None) -> int:
     sc = ctx.scale
     seeds = list(range(sc.seeds))
     n_arms = len(build_arms([""], "", ""))
-    total = (0 if args.snapshots else sc.hat_runs) + n_arms * (sc.trials * sc.tuning_seeds + sc.seeds)
-    bar = common.progress_bar(total, STUDY, ctx.progress)
-    snaps = snapshots_from_dir(args.snapshots) if args.snapshots else phase1(ctx, bar)
+    bar = common.progress_bar(common.units_total(sc, n_arms, 0 if args.snapshots else sc.hat_runs), STUDY, ctx.progress)
+    snaps = common.snapshots_from_dir(args.snapshots) if args.snapshots else phase1(ctx, bar)
     finals, final, early = pick(snaps)
     arms = build_arms(finals, final, early)
     tuned, results = common.tune_and_replicate(ctx, arms, seeds, bar)
-    if bar is not None:
-        bar.close()
+    bar.close()
     if args.no_report:
         return 0
     hyps = hypotheses()
     sections, files, _ = common.comparison_sections(ctx, arms, tuned, results, seeds, hyps)
     phase = ["## Phase 1: meta-learners", "",
-             f"{len(snaps)} HAT run(s) with a trainable meta-learner (preset values, seeds {PHASE1_SEED_BASE}+)"
+             f"{len(snaps)} HAT run(s) with a trainable meta-learner (preset values, seeds {common.PHASE1_SEED_BASE}+)"
              + (f", reused from `{args.snapshots}`" if args.snapshots else "") + f". Final snapshot used by `final` "
              f"and `noise`: `{final}`; early snapshot: `{early}`; `mean` averages {len(finals)} final snapshots.", ""]
     common.finish_report(ctx, "Fixed rules applied to fresh learners", __doc__, phase + sections, files)

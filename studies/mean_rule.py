@@ -37,9 +37,8 @@ import sys
 import numpy as np
 
 from studies import common, stats
-from studies.common import Arm, Hypothesis
-from studies.fixed_rule import PHASE1_SEED_BASE, snapshots_from_dir
-from studies.rule_over_time import DISTANCE_SAMPLES, DISTANCE_SEED, rule_outputs, sample_rule_inputs, train_hat_runs
+from studies.common import PHASE1_SEED_BASE, Arm, Hypothesis, snapshots_from_dir
+from studies.rule_over_time import DISTANCE_SAMPLES, DISTANCE_SEED, rule_outputs, sample_rule_inputs
 
 STUDY = "mean_rule"
 DEFAULTS = {"snapshot_epochs": ()}  # phase-2 runs save nothing; phase 1 saves the final M
@@ -131,9 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     sc = ctx.scale
     seeds = list(range(sc.seeds))
     n_arms = min(sc.hat_runs, args.members) + 3
-    bar = common.progress_bar((0 if args.snapshots else sc.hat_runs) + n_arms * (sc.trials * sc.tuning_seeds + sc.seeds),
-                              STUDY, ctx.progress)
-    snaps = snapshots_from_dir(args.snapshots) if args.snapshots else train_hat_runs(ctx, (ctx.base.epochs,), bar)
+    bar = common.progress_bar(common.units_total(sc, n_arms, 0 if args.snapshots else sc.hat_runs), STUDY, ctx.progress)
+    snaps = snapshots_from_dir(args.snapshots) if args.snapshots else common.train_meta_learners(ctx, (ctx.base.epochs,), bar)
     finals = [s[max(s)] for _, s in sorted(snaps.items())]
 
     def linear_fit(key, spec):  # a unit of its own, so that concurrent workers agree on one c
@@ -147,8 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     fit = common.run_units(ctx.storage, f"{ctx.name}:fit", {"fit": {}}, linear_fit)["fit"]
     arms = build_arms(finals, fit["c"], args.members)
     tuned, results = common.tune_and_replicate(ctx, arms, seeds, bar)
-    if bar is not None:
-        bar.close()
+    bar.close()
     if args.no_report:
         return 0
 

@@ -136,7 +136,7 @@ def mean_fn(fns: list[ra.RuleFn]) -> ra.RuleFn:
 # ---------------------------------------------------------------- phase 1
 
 
-def phase1(ctx: common.Context, samples: int, bar=None) -> dict[str, dict]:
+def phase1(ctx: common.Context, samples: int, bar=common.NO_BAR) -> dict[str, dict]:
     cfg = ctx.base.replace(rule="mlp", trainable_rule=True, snapshot_epochs=(ctx.base.epochs,))
     units = {f"hat|{SEED_BASE + k}": {"seed": SEED_BASE + k} for k in range(ctx.scale.hat_runs)}
 
@@ -144,8 +144,7 @@ def phase1(ctx: common.Context, samples: int, bar=None) -> dict[str, dict]:
         res = train_and_collect(ctx, cfg.replace(seed=spec["seed"]), {"arm": "hat", "rule": "mlp", "seed": spec["seed"],
                                                                       "phase": "phase1"},
                                 f"phase1 hat s{spec['seed']}", samples)
-        if bar is not None:
-            bar.update(1)
+        bar.update(1)
         return res
 
     return common.run_units(ctx.storage, f"{ctx.name}:phase1", units, fn)
@@ -338,8 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx = common.make_context(STUDY, args, DEFAULTS)
     bar = common.progress_bar(ctx.scale.hat_runs, STUDY, ctx.progress)
     done = phase1(ctx, args.samples, bar)
-    if bar is not None:
-        bar.close()
+    bar.close()
     if args.no_report:
         return 0
     ok = {k: r for k, r in done.items() if r["status"] == "ok" and r.get("inputs")}

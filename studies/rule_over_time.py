@@ -32,17 +32,14 @@ Run:   python -m studies.rule_over_time                       # quick preset
 
 from __future__ import annotations
 
-import json
 import math
 import sys
-from pathlib import Path
 
 import numpy as np
 
 from studies import common, stats
 from studies import rule_analysis as ra
-from studies.common import Arm, Hypothesis
-from studies.fixed_rule import PHASE1_SEED_BASE, snapshots_from_dir
+from studies.common import PHASE1_SEED_BASE, Arm, Hypothesis, snapshots_from_dir
 
 STUDY = "rule_over_time"
 TIMES = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0)  # snapshot times (epochs) of the paper's 20-epoch run
@@ -101,30 +98,6 @@ def run_length(cfg, data) -> tuple[int, int]:
 
 
 # ---------------------------------------------------------------- phase 1
-
-
-def train_hat_runs(ctx: common.Context, snapshot_epochs, bar=None) -> dict[int, dict[float, str]]:
-    """Train `hat_runs` HAT learners (trainable mlp) saving M at `snapshot_epochs`; {seed: {epoch: path}}."""
-    cfg = ctx.base.replace(rule="mlp", trainable_rule=True, snapshot_epochs=tuple(snapshot_epochs))
-    units = {f"hat|{PHASE1_SEED_BASE + k}": {"seed": PHASE1_SEED_BASE + k} for k in range(ctx.scale.hat_runs)}
-
-    def fn(key, spec):
-        res = ctx.train(cfg.replace(seed=spec["seed"]), {"arm": "hat", "rule": "mlp", "seed": spec["seed"],
-                                                         "phase": "phase1"}, f"phase1 hat s{spec['seed']}")
-        if bar is not None:
-            bar.update(1)
-        return common.result_dict(res)
-
-    done = common.run_units(ctx.storage, f"{ctx.name}:phase1", units, fn)
-    ok = [r for r in done.values() if r["status"] == "ok"]
-    if not ok:
-        raise SystemExit("phase 1: every HAT run diverged; no meta-learner to freeze (see MLflow for reasons)")
-    snaps: dict[int, dict[float, str]] = {}
-    for r in ok:
-        for p in r["snapshots"]:
-            meta = json.loads(Path(p).with_suffix(".json").read_text())
-            snaps.setdefault(meta["seed"], {})[meta["epoch"]] = p
-    return snaps
 
 
 # ---------------------------------------------------------------- inputs the rule sees, functional distance
@@ -382,9 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     if merged:
         how += f"; {', '.join(f'{t:g}' for t in merged)} fell on the same training step as a later time and were merged"
     n_arms = len(times) + 2
-    bar = common.progress_bar((0 if args.snapshots else sc.hat_runs) + n_arms * (sc.trials * sc.tuning_seeds + sc.seeds),
-                              STUDY, ctx.progress)
-    snaps = snapshots_from_dir(args.snapshots) if args.snapshots else train_hat_runs(ctx, times, bar)
+    bar = common.progress_bar(common.units_total(sc, n_arms, 0 if args.snapshots else sc.hat_runs), STUDY, ctx.progress)
+    snaps = snapshots_from_dir(args.snapshots) if args.snapshots else common.train_meta_learners(ctx, times, bar)
     if args.snapshots:
         how = f"the times of the snapshots found in `{args.snapshots}`"
     source_seed = min(snaps)
@@ -392,8 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     times = tuple(sorted(source))
     arms = build_arms(source)
     tuned, results = common.tune_and_replicate(ctx, arms, seeds, bar)
-    if bar is not None:
-        bar.close()
+    bar.close()
     if args.no_report:
         return 0
 

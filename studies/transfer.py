@@ -86,7 +86,7 @@ PROBLEMS: dict[str, Callable] = {
 # ---------------------------------------------------------------- phase 1
 
 
-def phase1(ctx: common.Context, problems: list[str], datas: dict, samples: int, bar=None) -> dict[str, list[dict]]:
+def phase1(ctx: common.Context, problems: list[str], datas: dict, samples: int, bar=common.NO_BAR) -> dict[str, list[dict]]:
     """{problem: [result of each ok run, by seed]}; each result has "snapshots" and "inputs"."""
     cfg = ctx.base.replace(rule="mlp", trainable_rule=True, snapshot_epochs=(ctx.base.epochs,))
     units = {f"{p}|{SEED_BASE + 1000 * list(PROBLEMS).index(p) + k}":
@@ -99,8 +99,7 @@ def phase1(ctx: common.Context, problems: list[str], datas: dict, samples: int, 
         res = rule_form.train_and_collect(pctx, cfg.replace(seed=seed), {"arm": f"hat@{p}", "rule": "mlp", "seed": seed,
                                                                          "phase": "phase1", "problem": p},
                                           f"phase1 hat@{p} s{seed}", samples)
-        if bar is not None:
-            bar.update(1)
+        bar.update(1)
         return {**res, "problem": p, "seed": seed}
 
     done = common.run_units(ctx.storage, f"{ctx.name}:phase1", units, fn)
@@ -249,8 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         arms += arms_b
         tuned.update(t)
         results.update(r)
-    if bar is not None:
-        bar.close()
+    bar.close()
     if args.no_report:
         return 0
 
