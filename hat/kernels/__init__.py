@@ -11,6 +11,8 @@ Backends:
              checkpointed blocks; correct everywhere, slow).
   "fused"    `hat.kernels.fused`: pure torch, any device; analytic backward computed
              block by block, exploiting that the first layer is an outer sum.
+             HAT_FUSED_COMPILE=1 runs its blocks through torch.compile (opt-in; helps
+             ReLU rules on CPU about 2x, not tanh ones).
   "triton"   `hat.kernels.triton_mlp`: Triton kernels (CUDA; on CPU only under
              TRITON_INTERPRET=1, for tests).
 `choose_backend` picks triton on CUDA when it imports, else fused; the environment
