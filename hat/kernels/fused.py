@@ -38,16 +38,22 @@ the delta hs), never anything of size B*O*I*H.
 
 Speed (eager, the default). All per-block reductions write into preallocated buffers
 (`out=`), because large temporary allocations (page faults on first touch) cost as much
-as the arithmetic on CPU. Each step is a streaming pass over a block: forward ~4 passes
-(build z: 2, activation, sum over the batch), backward ~7-9. Paper layer (B=50, 784 ->
-183, M 3-100-1 ReLU), forward + backward, float32, on the 2-core CPU of the session that
-wrote this: ~2.0 s on 1 thread (naive dense autograd 11 s, 8.8 GB), ~1.2 s on 2 threads
-when the machine was quiet (naive 16-19 s). Double backward is not supported.
+as the arithmetic on CPU. Each step is a streaming pass over a block: forward 3-4 passes
+(z and activation 2-3, see `_hidden` for the ReLU shortcut; sum over the batch 1),
+backward 6-9. Measured with `python -m studies.throughput` on the 2-core CPU of the session that
+wrote this, paper layer (B=50, 784 -> 183, M 3-100-1 ReLU), forward + backward, float32:
+2 threads, quiet machine: fused 1.0-1.3 s (peak RSS 0.75 GB), naive dense autograd 11.5 s
+(8.9 GB), i.e. ~9x; 1 thread: fused 1.9-2.4 s, naive 13-22 s. The many mid-sized ops
+make multi-threaded runs sensitive to other busy processes on the same cores (OpenMP
+threads spin at every op's barrier: 2-thread medians up to 6 s were seen on the shared
+machine); OMP_WAIT_POLICY=PASSIVE or one thread avoids that. Double backward is not
+supported.
 
 Optional compiled blocks (`compiled=True`, HAT_FUSED_COMPILE=1): see `_run_block`.
-Measured there: ReLU paper layer 0.9 s vs 2.1 s eager on 1 thread; for tanh (authors'
-layer) slower than eager (0.43 s vs 0.28 s), because inductor re-evaluates tanh in each
-of the four reductions.
+Same machine: ReLU paper layer 0.51 s (2 threads) / 0.9 s (1 thread) after a 5-30 s
+compile; for tanh (authors' layer, B=10, 784 -> 256, M 4-30-1) slower than eager (0.26 s
+vs 0.17 s on 2 threads), because inductor re-evaluates tanh in each of the four
+reductions.
 """
 
 from __future__ import annotations

@@ -55,11 +55,16 @@ Tensor cores (tl.dot). Not used, by choice:
 * backward reductions (sum over o, over i, over b, weighted by gamma) are weighted
   reductions / batched GEMVs, not GEMMs.
 So the kernels are CUDA-core FMA/ALU bound by design; the remaining costs are the
-activation and the tile reductions. Not measured on a GPU: no GPU was available in the
-session that wrote this, so block sizes (BO=16, BI=32, 4 warps) are untuned guesses and
-correctness was checked only with TRITON_INTERPRET=1 on CPU. Possible next steps on a
-GPU: tune BO/BI/num_warps, split the batch loop across programs for small O*I, keep a
-block of hidden units in registers as a 3-D tile.
+activation and the tile reductions.
+
+Not run on a GPU: no GPU was available in the session that wrote this. Correctness was
+checked with TRITON_INTERPRET=1 on CPU (tests/test_kernels.py), and `compile_ahead`
+compiles every kernel to an sm_90 cubin through Triton and ptxas without a GPU (so the
+real compiler accepts them; register counts are in its docstring). Speed is unmeasured
+and block sizes (BO=16, BI=32, 4 warps) are untuned guesses. Possible next steps on a
+GPU: tune BO/BI/num_warps (paper layer: 12 x 25 = 300 programs), split the batch loop
+across programs when O*I is small, keep a block of hidden units in registers as a 3-D
+tile.
 """
 
 from __future__ import annotations
@@ -268,6 +273,39 @@ def _bwd_kernel(pre_ptr, w_ptr, post_ptr, g_ptr, coef_ptr, up_ptr,
     tl.store(base + 3 * H + offs_h, acc_e, mask=mh)
     tl.store(base + 4 * H + offs_h, acc_f, mask=mh)
     tl.store(base + 5 * H + offs_h, acc_w2, mask=mh)
+
+
+def compile_ahead(arch: int = 90, num_warps: int = NUM_WARPS) -> list[str]:
+    """Compile every kernel variant to a cubin for CUDA compute capability `arch`, without a GPU.
+
+    Checks what the interpreter cannot: that the kernels pass Triton's real compiler and
+    ptxas (the session that wrote them had no GPU; for sm_90 ptxas reported 54 registers
+    for the delta forward, 72 for the delta backward and 80 with an 8-byte spill for the
+    drive backward at BO=16, BI=32, 4 warps). Needs Triton's NVIDIA backend, not
+    TRITON_INTERPRET. Returns the names of the compiled variants.
+    """
+    import inspect
+
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    target = GPUTarget("cuda", arch, 32)
+    done = []
+    kernels = [(_delta_fwd_kernel, {}), (_drive_fwd_kernel, {}), (_bwd_kernel, {"DRIVE": False, "BH": 128}),
+               (_bwd_kernel, {"DRIVE": True, "BH": 32})]
+    for kernel, extra in kernels:
+        for act, has_grad in ((0, False), (1, True)):
+            consts = dict(HAS_PRE=True, HAS_W=True, HAS_POST=True, HAS_GRAD=has_grad, ACT=act,
+                          BO=BLOCK_O, BI=BLOCK_I, **extra)
+            sig = {}
+            for name in inspect.signature(kernel.fn).parameters:
+                sig[name] = ("constexpr" if name in consts else "*fp32" if name.endswith("_ptr")
+                             else "fp32" if name == "inv_b" else "i32")
+            compiled = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts), target=target,
+                                      options={"num_warps": num_warps})
+            assert "cubin" in compiled.asm
+            done.append(f"{kernel.fn.__name__}[{'tanh' if act else 'relu'}{', drive' if extra.get('DRIVE') else ''}]")
+    return done
 
 
 # ----------------------------------------------------------------------------- host side

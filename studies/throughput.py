@@ -1,0 +1,380 @@
+"""Throughput of one HAT rule step (forward + backward of the MLP rule on one layer), side by side.
+
+Layers:
+  paper    B=50, 784 -> 183, M 3-100-1 ReLU, inputs (pre, w, post)
+  authors  B=10, 784 -> 256, M 4-30-1 tanh, inputs (pre, w, post, |grad|)
+One step = delta = mean_b M(...) (O, I), then backward of <delta, G> w.r.t. W1, b1, w2, b2,
+pre, w, post (|grad| is an input without gradient), float32.
+
+Implementations:
+  paper-style  stack the inputs as a (B, D, O, I) image and run M as two 1x1 Conv2d, mean over B
+  naive        the broadcast formula with autograd (`hat.elementwise.dense_delta`)
+  compile      torch.compile of the broadcast formula (skipped with a note if it fails or
+               compiling takes longer than --compile-timeout seconds)
+  chunked      `hat.kernels` backend "chunked" (checkpointed blocks)
+  fused        `hat.kernels` backend "fused" (analytic block-wise backward, pure torch)
+  fused-compile  the same with its block functions under torch.compile (opt-in in the library:
+               HAT_FUSED_COMPILE=1); the first step includes compiling
+  triton       `hat.kernels` backend "triton" (CUDA only)
+
+Reported per implementation: median ms per step after warm-up (and the best step), on CPU
+the median CPU time (user + system) per step, steps/s, peak memory, achieved model FLOP/s
+(`hat.kernels.flops`: (8D + 9) H + 2 FLOPs per synapse-sample and step), fraction of the
+device's FP32 peak (--peak-tflops; default 67 = H100 SXM FP32 on CUDA, none on CPU) and
+speedup over paper-style (from the medians).
+
+Peak memory. CUDA: torch.cuda.max_memory_allocated over the timed steps (all
+implementations in this one process). CPU: each implementation runs in a fresh
+subprocess and reports its peak resident set size (ru_maxrss), which includes the
+Python/torch runtime; the table also gives the increase over the RSS right before the
+first step ("above setup").
+
+CPU scaling. On CPU the memory-hungry and slow implementations (--scale-impls, default
+paper-style, naive, compile, chunked) run at B' = max(1, round(B * --cpu-scale)) and
+their time is scaled linearly by B / B' (each of these costs O(B) per step); such rows
+show "B' (scaled xB/B')" in the "B timed" column. Memory of such rows is measured at B',
+not scaled. --cpu-scale 1 times everything at full B (naive and paper-style then need
+about 9-10 GB at the paper layer).
+
+Shared CPUs. When other processes compete for the cores, OpenMP threads that spin at
+barriers make multi-threaded timings erratic (seen: 2-thread steps 5-10x slower than
+1-thread ones). Then compare the CPU-time column, use --threads 1, or set
+OMP_WAIT_POLICY=PASSIVE in the environment.
+
+Run:  python -m studies.throughput                           # CPU defaults, a few minutes
+      python -m studies.throughput --device cuda --out throughput.md
+      python -m studies.throughput --sizes paper --impls fused,naive --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from hat import elementwise
+from hat.kernels import ACTS, MLPForm, flops, fused, mlp_delta, triton_available
+
+SIZES = {
+    "paper": dict(B=50, O=183, I=784, H=100, act="relu", inputs=("pre", "w", "post")),
+    "authors": dict(B=10, O=256, I=784, H=30, act="tanh", inputs=("pre", "w", "post", "grad")),
+}
+IMPLS = ("paper-style", "naive", "compile", "chunked", "fused", "fused-compile", "triton")
+DEFAULT_SCALED = ("paper-style", "naive", "compile", "chunked")
+ROOT = Path(__file__).resolve().parents[1]
+RESULT_TAG = "THROUGHPUT_RESULT "
+
+
+# ----------------------------------------------------------------------------- implementations
+
+
+def _stack_inputs(inputs, pre, w, post, grad, B, O, I):  # noqa: E741
+    feats = {"pre": pre[:, None, :], "w": w[None], "post": post[:, :, None], "grad": None if grad is None else grad[None]}
+    return [feats[k].expand(B, O, I) for k in inputs]
+
+
+def paper_style(pre, w, post, grad, form: MLPForm):
+    """M as 1x1 convolutions over the (B, D, O, I) 'image' of per-synapse inputs, then mean over B."""
+    B, I = pre.shape  # noqa: E741
+    O = w.shape[0]  # noqa: E741
+    x = torch.stack(_stack_inputs(form.inputs, pre, w, post, grad, B, O, I), 1)  # (B, D, O, I)
+    H, D = form.w1.shape
+    h = ACTS[form.act](F.conv2d(x, form.w1.view(H, D, 1, 1), form.b1))  # (B, H, O, I)
+    y = F.conv2d(h, form.w2.view(1, H, 1, 1), form.b2.view(1))  # (B, 1, O, I)
+    return y.mean(0)[0]
+
+
+def broadcast_formula(pre, w, post, grad, w1, b1, w2, b2, act: str, inputs: tuple):
+    """The naive broadcast computation written out (what `compile` compiles)."""
+    B, I = pre.shape  # noqa: E741
+    O = w.shape[0]  # noqa: E741
+    x = torch.stack(_stack_inputs(inputs, pre, w, post, grad, B, O, I), -1)  # (B, O, I, D)
+    h = ACTS[act](x @ w1.T + b1)  # (B, O, I, H)
+    return (h @ w2 + b2).mean(0)
+
+
+def make_impl(name: str, form: MLPForm):
+    """A function (pre, w, post, grad) -> delta (O, I), or raise RuntimeError('skip: why')."""
+    if name == "paper-style":
+        return lambda pre, w, post, grad: paper_style(pre, w, post, grad, form)
+    if name == "naive":
+        return lambda pre, w, post, grad: elementwise.dense_delta(form.pointwise, pre, w, post, grad)
+    if name == "compile":
+        compiled = torch.compile(broadcast_formula, dynamic=False)
+        return lambda pre, w, post, grad: compiled(pre, w, post, grad, form.w1, form.b1, form.w2, form.b2,
+                                                   form.act, tuple(form.inputs))
+    if name == "fused-compile":
+        return lambda pre, w, post, grad: fused.delta(pre, w, post, grad, form, 256 * 2**20, compiled=True)
+    if name in ("chunked", "fused", "triton"):
+        return lambda pre, w, post, grad: mlp_delta(pre, w, post, grad, form, backend=name)
+    raise ValueError(f"unknown implementation {name!r}; choose from {IMPLS}")
+
+
+def make_inputs(size: str, batch: int, device: str, seed: int = 0):
+    cfg = SIZES[size]
+    O, I, H = cfg["O"], cfg["I"], cfg["H"]  # noqa: E741
+    D = len(cfg["inputs"])
+    gen = torch.Generator().manual_seed(seed)
+
+    def t(*shape, scale=1.0, uniform=False, grad=True):
+        x = torch.rand(shape, generator=gen) if uniform else torch.randn(shape, generator=gen)
+        return (x * scale).to(device).requires_grad_(grad)
+
+    form = MLPForm(t(H, D, scale=D**-0.5), t(H, scale=0.1), t(H, scale=H**-0.5), t(), cfg["act"], cfg["inputs"])
+    pre = t(batch, I, uniform=True)  # activations in [0, 1]
+    w = t(O, I, scale=0.05)
+    post = t(batch, O, uniform=True)
+    grad = t(O, I, scale=1e-3, uniform=True, grad=False) if "grad" in cfg["inputs"] else None
+    upstream = t(O, I, grad=False)
+    return form, pre, w, post, grad, upstream
+
+
+# ----------------------------------------------------------------------------- measurement
+
+
+def _rss_now() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class _CompileTimeout(Exception):
+    pass
+
+
+def _alarm(signum, frame):
+    raise _CompileTimeout
+
+
+def measure(size: str, impl: str, device: str, batch: int, repeats: int, warmup: int,
+            compile_timeout: float | None = None) -> dict:
+    """Median step time (s) and peak memory of one implementation, in this process.
+
+    With `compile_timeout` (main thread, Unix) the first step of `compile` is interrupted
+    by SIGALRM after that many seconds.
+    """
+    cuda = device.startswith("cuda")
+    if impl == "triton" and not cuda:
+        return {"status": "skipped", "note": "CUDA only"}
+    if impl == "triton" and not triton_available():
+        return {"status": "skipped", "note": "triton unavailable"}
+    form, pre, w, post, grad, up = make_inputs(size, batch, device)
+    leaves = [pre, w, post, form.w1, form.b1, form.w2, form.b2]
+    try:
+        fn = make_impl(impl, form)
+    except Exception as e:  # noqa: BLE001 - reported in the table
+        return {"status": "skipped", "note": f"{type(e).__name__}: {e}"[:120]}
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
+    def step():
+        for t in leaves:
+            t.grad = None
+        fn(pre, w, post, grad).backward(up)
+        sync()
+
+    def cpu_s():
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    setup_rss = 0 if cuda else _rss_now()
+    first_s = None
+    use_alarm = impl in ("compile", "fused-compile") and compile_timeout and hasattr(signal, "SIGALRM") \
+        and threading.current_thread() is threading.main_thread()
+    try:
+        for k in range(max(1, warmup)):
+            t0 = time.perf_counter()
+            if k == 0 and use_alarm:
+                old = signal.signal(signal.SIGALRM, _alarm)
+                signal.alarm(max(1, int(compile_timeout)))
+                try:
+                    step()
+                finally:
+                    signal.alarm(0)
+                    signal.signal(signal.SIGALRM, old)
+            else:
+                step()
+            if k == 0:
+                first_s = time.perf_counter() - t0
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        times, cpu = [], []
+        for _ in range(repeats):
+            t0, c0 = time.perf_counter(), cpu_s()
+            step()
+            times.append(time.perf_counter() - t0)
+            cpu.append(cpu_s() - c0)
+    except _CompileTimeout:
+        return {"status": "skipped", "note": f"compile took > {compile_timeout:.0f} s"}
+    except Exception as e:  # noqa: BLE001 - e.g. compile failure or out of memory, reported in the table
+        return {"status": "skipped", "note": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:160]}
+    res = {"status": "ok", "times": times, "median_s": statistics.median(times), "first_s": first_s,
+           "cpu_median_s": statistics.median(cpu)}
+    if cuda:
+        res["peak_bytes"] = torch.cuda.max_memory_allocated()
+    else:
+        res["peak_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        res["setup_bytes"] = setup_rss
+    return res
+
+
+def measure_in_subprocess(job: dict, timeout: float) -> dict:
+    cmd = [sys.executable, "-m", "studies.throughput", "--worker", json.dumps(job)]
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        why = "compile + steps" if job["impl"] == "compile" else "steps"
+        return {"status": "skipped", "note": f"timeout: {why} took > {timeout:.0f} s"}
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT_TAG):
+            return json.loads(line[len(RESULT_TAG):])
+    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    return {"status": "skipped", "note": f"worker failed (rc {proc.returncode}): {tail}"[:160]}
+
+
+def worker(job: dict) -> None:
+    if job.get("threads"):
+        torch.set_num_threads(job["threads"])
+    res = measure(job["size"], job["impl"], job["device"], job["batch"], job["repeats"], job["warmup"],
+                  job.get("compile_timeout"))
+    print(RESULT_TAG + json.dumps(res), flush=True)
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _fmt_bytes(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
+def table(rows: list[dict], peak_tflops: float | None, device: str) -> str:
+    mem_head = "peak mem (CUDA allocated)" if device.startswith("cuda") else "peak RSS (above setup)"
+    cpu_head = "" if device.startswith("cuda") else " CPU-time ms/step |"
+    out = [f"| layer | impl | B timed | ms/step (median) | best ms |{cpu_head} steps/s | {mem_head} | GFLOP/s "
+           "| % FP32 peak | speedup vs paper-style | note |",
+           "|---|---|---|---|---|" + ("" if device.startswith("cuda") else "---|") + "---|---|---|---|---|---|"]
+    base = {r["size"]: r["ms"] for r in rows if r["impl"] == "paper-style" and r.get("ms")}
+    for r in rows:
+        if r["status"] != "ok":
+            dashes = "- | " * (8 if device.startswith("cuda") else 9)
+            out.append(f"| {r['size']} | {r['impl']} | {dashes}{r['note']} |")
+            continue
+        ms = r["ms"]
+        gflops = r["flops"] / (ms / 1e3) / 1e9
+        frac = f"{100 * gflops / (peak_tflops * 1e3):.2f}%" if peak_tflops else "n/a"
+        mem = _fmt_bytes(r["peak_bytes"])
+        if "setup_bytes" in r:
+            mem += f" ({_fmt_bytes(max(0, r['peak_bytes'] - r['setup_bytes']))})"
+        speed = f"{base[r['size']] / ms:.1f}x" if r["size"] in base else "n/a"
+        b_col = str(r["batch"]) + (f" (scaled x{r['full_batch'] / r['batch']:.3g})" if r["batch"] != r["full_batch"] else "")
+        cpu_col = "" if device.startswith("cuda") else f" {r['cpu_ms']:.1f} |"
+        out.append(f"| {r['size']} | {r['impl']} | {b_col} | {ms:.1f} | {r['best_ms']:.1f} |{cpu_col} {1e3 / ms:.2f} "
+                   f"| {mem} | {gflops:.1f} | {frac} | {speed} | {r.get('note', '')} |")
+    return "\n".join(out)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m studies.throughput", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
+    p.add_argument("--repeats", type=int, default=None, help="timed steps per implementation (default 3 CPU, 20 CUDA)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 1 CPU, 3 CUDA)")
+    p.add_argument("--sizes", choices=("paper", "authors", "both"), default="both")
+    p.add_argument("--impls", default=",".join(IMPLS), help=f"comma-separated subset of {','.join(IMPLS)}")
+    p.add_argument("--batch", type=int, default=None, help="override B of every layer size")
+    p.add_argument("--cpu-scale", type=float, default=0.2,
+                   help="on CPU, run --scale-impls at B' = round(B * this) and scale time by B/B' (1 = off)")
+    p.add_argument("--scale-impls", default=",".join(DEFAULT_SCALED), help="implementations --cpu-scale applies to")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="device FP32 peak for the '%% peak' column (default 67 on CUDA = H100 SXM, none on CPU)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's default)")
+    p.add_argument("--compile-timeout", type=float, default=120.0, help="seconds allowed for torch.compile")
+    p.add_argument("--isolate", choices=("auto", "yes", "no"), default="auto",
+                   help="one subprocess per implementation (auto: on CPU, where peak RSS needs a fresh process; "
+                        "with 'no' on CPU the RSS column is the process's high-water mark so far)")
+    p.add_argument("--out", default=None, help="also write the markdown table to this file")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        worker(json.loads(args.worker))
+        return 0
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    cuda = device.startswith("cuda")
+    repeats = args.repeats or (20 if cuda else 3)
+    warmup = args.warmup if args.warmup is not None else (3 if cuda else 1)
+    peak = args.peak_tflops if args.peak_tflops is not None else (67.0 if cuda else None)
+    impls = [s.strip() for s in args.impls.split(",") if s.strip()]
+    bad = [s for s in impls if s not in IMPLS]
+    if bad:
+        raise SystemExit(f"unknown --impls {bad}; choose from {IMPLS}")
+    scaled = {s.strip() for s in args.scale_impls.split(",") if s.strip()}
+    isolate = args.isolate == "yes" or (args.isolate == "auto" and not cuda)
+    if args.threads and not isolate:
+        torch.set_num_threads(args.threads)
+    sizes = ["paper", "authors"] if args.sizes == "both" else [args.sizes]
+
+    rows = []
+    for size in sizes:
+        cfg = SIZES[size]
+        full_b = args.batch or cfg["B"]
+        for impl in impls:
+            b = full_b
+            if not cuda and impl in scaled and args.cpu_scale != 1:
+                b = max(1, round(full_b * args.cpu_scale))
+            job = dict(size=size, impl=impl, device=device, batch=b, repeats=repeats, warmup=warmup,
+                       threads=args.threads, compile_timeout=args.compile_timeout)
+            print(f"[throughput] {size} {impl} B={b} ...", file=sys.stderr, flush=True)
+            if isolate:
+                limit = 900.0 + (args.compile_timeout if "compile" in impl else 0.0)
+                res = measure_in_subprocess(job, limit)
+            else:
+                res = measure(size, impl, device, b, repeats, warmup, args.compile_timeout)
+            note = res.get("note", "")
+            if impl in ("compile", "fused-compile") and res.get("status") == "ok" \
+                    and res["first_s"] > args.compile_timeout:
+                res = {"status": "skipped", "note": f"compile took {res['first_s']:.0f} s > {args.compile_timeout:.0f} s"}
+            if res.get("status") == "ok":
+                res["ms"] = res["median_s"] * 1e3 * full_b / b
+                res["best_ms"] = min(res["times"]) * 1e3 * full_b / b
+                res["cpu_ms"] = res["cpu_median_s"] * 1e3 * full_b / b
+                if impl in ("compile", "fused-compile"):
+                    note = f"first step (compile) {res['first_s']:.0f} s"
+            D = len(cfg["inputs"])
+            rows.append(dict(res, size=size, impl=impl, batch=b, full_batch=full_b, note=res.get("note", note) or note,
+                             flops=flops.rule_step(full_b, cfg["O"], cfg["I"], D, cfg["H"])["step"]))
+            if res.get("status") == "ok":
+                print(f"[throughput]   {res['ms']:.1f} ms/step (at B={full_b})", file=sys.stderr, flush=True)
+            if cuda:
+                torch.cuda.empty_cache()
+
+    threads = args.threads or torch.get_num_threads()
+    header = (f"HAT rule step (forward + backward), device {device}"
+              + (f" ({torch.cuda.get_device_name(device)})" if cuda else f", {threads} CPU threads")
+              + f", float32, median of {repeats} after {warmup} warm-up; torch {torch.__version__}")
+    text = header + "\n\n" + table(rows, peak, device) + "\n"
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
