@@ -41,6 +41,15 @@ barriers make multi-threaded timings erratic (seen: 2-thread steps 5-10x slower 
 1-thread ones). Then compare the CPU-time column, use --threads 1, or set
 OMP_WAIT_POLICY=PASSIVE in the environment.
 
+Training time. After the rule-step table, whole training steps of the paper preset
+(784-183-10 sigmoid learner, batch 50, M 3-100-1, the library's default backend) are timed
+for HAT and the control, one seed at a time (P = 1) and population-batched (P = --population),
+on synthetic data of Fashion-MNIST's shape: seconds per epoch (1,099 steps of 50 on the
+54,946 training examples left after the validation split), and the projected time of the
+paper's protocol, 100 HAT and 100 control runs of 20 epochs, at each P.
+
+The table and the numbers go to MLflow (a run tagged phase=throughput; --no-mlflow to skip).
+
 Run:  python -m studies.throughput                           # CPU defaults, a few minutes
       python -m studies.throughput --device cuda --out throughput.md
       python -m studies.throughput --sizes paper --impls fused,naive --repeats 5
@@ -307,6 +316,12 @@ def parse_args(argv=None):
                    help="one subprocess per implementation (auto: on CPU, where peak RSS needs a fresh process; "
                         "with 'no' on CPU the RSS column is the process's high-water mark so far)")
     p.add_argument("--out", default=None, help="also write the markdown table to this file")
+    p.add_argument("--population", type=int, default=None,
+                   help="P for the population-batched training-time rows (default 25 on CUDA, 5 on CPU; 1 = skip)")
+    p.add_argument("--train-steps", type=int, default=None, help="timed training steps per row (default 30 CUDA, 3 CPU)")
+    p.add_argument("--no-train", action="store_true", help="skip the training-time table")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or mlflow/)")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -370,10 +385,99 @@ def main(argv=None) -> int:
               + (f" ({torch.cuda.get_device_name(device)})" if cuda else f", {threads} CPU threads")
               + f", float32, median of {repeats} after {warmup} warm-up; torch {torch.__version__}")
     text = header + "\n\n" + table(rows, peak, device) + "\n"
+    train_rows = []
+    if not args.no_train:
+        pop = args.population or (25 if cuda else 5)
+        steps = args.train_steps or (30 if cuda else 3)
+        print("[throughput] training steps of the paper preset ...", file=sys.stderr, flush=True)
+        train_rows = training_time(device, steps, pop)
+        text += "\n" + training_table(train_rows) + "\n"
     print(text)
     if args.out:
         Path(args.out).write_text(text)
+    if not args.no_mlflow:
+        log_to_mlflow(args.tracking_uri, text, rows, train_rows, device)
     return 0
+
+
+PAPER_STEPS_PER_EPOCH = (59_946 - 5_000) // 50  # training examples after the validation split, batch 50
+PROTOCOL_RUNS, PROTOCOL_EPOCHS = 100, 20  # the paper: 100 HAT and 100 control runs of 20 epochs
+
+
+def training_time(device: str, steps: int, population: int) -> list[dict]:
+    """Seconds per training step of the paper preset, HAT and control, at P = 1 and P = population.
+
+    Each row trains 1 step (warm-up), then 1 and `steps` + 1 steps; the difference of the last two is
+    `steps` steps without the per-run setup and evaluation. Synthetic data of
+    Fashion-MNIST's shape; through `hat.trainer.train` (P = 1) or
+    `hat.population.train_population` (P > 1).
+    """
+    from hat.config import preset
+    from hat.data import Data
+    from hat.population import train_population
+    from hat.trainer import train
+
+    g = torch.Generator().manual_seed(0)
+    n = 50 * (steps + 2)
+
+    def fake(k):
+        return (torch.rand(k, 784, generator=g).to(device), torch.randint(0, 10, (k,), generator=g).to(device))
+
+    data = Data(*fake(n), *fake(100), *fake(100))
+    rows = []
+    for arm, rule in (("HAT", "mlp"), ("control", "none")):
+        for p in sorted({1, max(1, population)}):
+            times = []
+            for k in (1, 1, steps + 1):  # the first run only warms up (allocator, thread pools, caches)
+                cfg = preset("paper", rule=rule, device=device, epochs=k / (n // 50), evals_per_epoch=1e-9,
+                             snapshot_epochs=())
+                if device.startswith("cuda"):
+                    torch.cuda.synchronize()
+                t = time.perf_counter()
+                if p == 1:
+                    train(cfg, data=data, progress=False, plot=False)
+                else:
+                    train_population(cfg, list(range(p)), data=data, progress=False)
+                if device.startswith("cuda"):
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - t)
+            per_step = max(times[2] - times[1], 1e-9) / steps  # seconds per step of all P runs together
+            epoch = per_step * PAPER_STEPS_PER_EPOCH / p  # seconds per epoch of one run
+            rows.append({"arm": arm, "P": p, "ms_step": per_step * 1e3, "s_epoch": epoch,
+                         "protocol_h": epoch * PROTOCOL_EPOCHS * PROTOCOL_RUNS / 3600})
+    return rows
+
+
+def training_table(rows: list[dict]) -> str:
+    out = ["Training time of the paper preset (784-183-10, batch 50, M 3-100-1), per run; the protocol column is "
+           f"{PROTOCOL_RUNS} runs of {PROTOCOL_EPOCHS} epochs of that arm:", "",
+           "| arm | P (seeds batched) | ms per step (all P) | s per epoch per run | protocol (h) |",
+           "| --- | --- | --- | --- | --- |"]
+    for r in rows:
+        out.append(f"| {r['arm']} | {r['P']} | {r['ms_step']:.1f} | {r['s_epoch']:.2f} | {r['protocol_h']:.2f} |")
+    by = {(r["arm"], r["P"]): r["protocol_h"] for r in rows}
+    for p in sorted({r["P"] for r in rows}):
+        if ("HAT", p) in by and ("control", p) in by:
+            out.append(f"\nFull paper protocol (HAT + control) at P = {p}: {by[('HAT', p)] + by[('control', p)]:.2f} h")
+    return "\n".join(out)
+
+
+def log_to_mlflow(uri, text: str, rows: list[dict], train_rows: list[dict], device: str) -> None:
+    import tempfile
+
+    from hat.tracking import Tracker
+
+    tracker = Tracker(uri)
+    run = tracker.start_run(f"throughput {device}", tags={"phase": "throughput", "device": device})
+    metrics = {f"ms_{r['size']}_{r['impl']}": r["ms"] for r in rows if r.get("status") == "ok"}
+    metrics.update({f"s_epoch_{r['arm']}_P{r['P']}": r["s_epoch"] for r in train_rows})
+    metrics.update({f"protocol_h_{r['arm']}_P{r['P']}": r["protocol_h"] for r in train_rows})
+    run.log_metrics(metrics, 0)
+    path = Path(tempfile.mkdtemp()) / "throughput.md"
+    path.write_text(text)
+    run.log_artifact(path, "throughput")
+    run.finish()
+    print(f"[throughput] logged to MLflow run {run.run_id} ({tracker.uri})", file=sys.stderr)
 
 
 if __name__ == "__main__":

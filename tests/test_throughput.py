@@ -1,0 +1,35 @@
+"""The throughput benchmark runs and reports consistent numbers (it is a benchmark, not a timed test)."""
+
+from __future__ import annotations
+
+import re
+
+from studies import throughput
+
+
+def test_throughput_table_and_mlflow(tmp_path, capsys):
+    out = tmp_path / "t.md"
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    assert throughput.main(["--sizes", "authors", "--impls", "naive,fused", "--batch", "2", "--repeats", "1",
+                            "--warmup", "0", "--isolate", "no", "--no-train", "--out", str(out),
+                            "--tracking-uri", uri]) == 0
+    text = out.read_text()
+    assert text == capsys.readouterr().out.strip() + "\n"
+    rows = set(re.findall(r"^\| authors \| (naive|fused) \| [^|]+ \| [0-9.]+ \|", text, re.M))
+    assert rows == {"naive", "fused"}
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("hat").experiment_id], "tags.phase = 'throughput'")
+    assert len(runs) == 1 and {"ms_authors_naive", "ms_authors_fused"} <= set(runs[0].data.metrics)
+
+
+def test_training_time_projection_is_consistent():
+    rows = throughput.training_time("cpu", steps=1, population=2)
+    by = {(r["arm"], r["P"]): r for r in rows}
+    assert set(by) == {("HAT", 1), ("HAT", 2), ("control", 1), ("control", 2)}
+    for r in rows:  # seconds per epoch of one run = step time of all P / P * steps per epoch
+        assert r["s_epoch"] == r["ms_step"] / 1e3 / r["P"] * throughput.PAPER_STEPS_PER_EPOCH
+        assert abs(r["protocol_h"] - r["s_epoch"] * 20 * 100 / 3600) < 1e-9
+    assert by[("HAT", 1)]["ms_step"] > by[("control", 1)]["ms_step"]  # the rule costs something
