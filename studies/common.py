@@ -163,7 +163,7 @@ class Scale:
 
 SCALES = {
     "smoke": dict(train_preset="smoke", trials=2, tuning_seeds=1, seeds=3, hat_runs=2, n_boot=2000),
-    "quick": dict(train_preset="quick", trials=6, tuning_seeds=1, seeds=5, hat_runs=3),
+    "quick": dict(train_preset="quick", trials=5, tuning_seeds=2, seeds=5, hat_runs=3),
     "paper": dict(train_preset="paper", trials=20, tuning_seeds=2, seeds=100, hat_runs=100, population=25),
 }
 
