@@ -74,10 +74,24 @@ class Param:
         return trial.suggest_categorical(name, list(self.choices))
 
 
-SHARED_SPACE = {  # every arm: the learner's optimizer
+SHARED_SPACE = {  # every arm: the learner's optimizer, and a learning rate in that optimizer's usual range
     "optimizer": Param("categorical", choices=("adam", "sgd")),
-    "lr": Param("float", 1e-4, 3e-1, log=True),
+    "lr_adam": Param("float", 1e-4, 1e-2, log=True),  # used when optimizer == "adam"
+    "lr_sgd": Param("float", 1e-3, 3e-1, log=True),  # used when optimizer == "sgd"
 }
+CONDITIONAL = {"lr_adam": ("optimizer", "adam"), "lr_sgd": ("optimizer", "sgd")}  # suggested only under the condition
+
+
+def suggest_params(trial, space: dict[str, Param]) -> dict:
+    """Sample `space`; a conditional parameter is sampled only when its condition holds."""
+    params = {}
+    for k, p in space.items():
+        cond = CONDITIONAL.get(k)
+        if cond is None or params.get(cond[0]) == cond[1]:
+            params[k] = p.suggest(trial, k)
+    return params
+
+
 RATE_SPACE = {"rate": Param("float", 1e-5, 1e-1, log=True)}  # every arm with a local rule
 RULE_LR_SPACE = {"rule_lr": Param("float", 1e-5, 1e-1, log=True)}  # arms with a trainable meta-learner
 
@@ -93,7 +107,9 @@ class Arm:
         """`base` with this arm's overrides and tuned `params` applied."""
         changes = dict(self.overrides)
         for k, v in (params or {}).items():
-            if k.startswith("rule_params."):
+            if k in CONDITIONAL:
+                changes["lr"] = v  # lr_adam / lr_sgd: the learning rate of the chosen optimizer
+            elif k.startswith("rule_params."):
                 changes["rule_params"] = {**changes.get("rule_params", base.rule_params), k.split(".", 1)[1]: v}
             else:
                 changes[k] = v
@@ -452,7 +468,7 @@ def tune_arm(ctx: Context, arm: Arm) -> dict:
         return [t for t in study.get_trials(deepcopy=False) if t.state in (TS.COMPLETE, TS.PRUNED)]
 
     def objective(trial):
-        params = {k: p.suggest(trial, k) for k, p in space.items()}
+        params = suggest_params(trial, space)
         cfg = arm.config(ctx.base, params)
         accs, step = [], 0
         for k in range(ctx.scale.tuning_seeds):
@@ -490,7 +506,9 @@ def tune_arm(ctx: Context, arm: Arm) -> dict:
 
 
 def _preset_value(cfg: TrainConfig, key: str):
-    """The preset's value of a search-space key (trial 0 of every arm starts there)."""
+    """The preset's value of a search-space key (trial 0 of every arm starts there); None if it does not apply."""
+    if key in CONDITIONAL:
+        return cfg.lr if getattr(cfg, CONDITIONAL[key][0]) == CONDITIONAL[key][1] else None
     if key.startswith("rule_params."):
         return cfg.rule_params.get(key.split(".", 1)[1])
     return getattr(cfg, key, None)

@@ -201,3 +201,25 @@ def test_population_replicates(tmp_path):
     assert sorted(done) == sorted(f"{a}|{c}" for a in ("control", "hat", "noise") for c in ("0,1", "2"))
     runs = mlflow_runs(tmp_path, "tags.phase = 'replicate'")
     assert len(runs) == 9 and sum(r.data.tags.get("population") == "2" for r in runs) == 6
+
+
+def test_conditional_learning_rate_space():
+    """The learning rate is sampled in the chosen optimizer's range, and lands in TrainConfig.lr."""
+    import optuna
+
+    from hat.config import TrainConfig
+    from studies import common
+
+    arm = common.rule_arm("hebb", "hebb")
+    space = {**common.SHARED_SPACE, **arm.space}
+    params = common.suggest_params(optuna.trial.FixedTrial({"optimizer": "sgd", "lr_sgd": 0.05, "rate": 1e-3}), space)
+    assert params == {"optimizer": "sgd", "lr_sgd": 0.05, "rate": 1e-3}
+    cfg = arm.config(TrainConfig(), params)
+    assert (cfg.optimizer, cfg.lr, cfg.rate, cfg.rule) == ("sgd", 0.05, 1e-3, "hebb")
+    base = TrainConfig(optimizer="adam", lr=2e-3)
+    assert common._preset_value(base, "lr_adam") == 2e-3 and common._preset_value(base, "lr_sgd") is None
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(20):
+        p = common.suggest_params(study.ask(), space)
+        lo, hi = (1e-4, 1e-2) if p["optimizer"] == "adam" else (1e-3, 3e-1)
+        assert set(p) == {"optimizer", f"lr_{p['optimizer']}", "rate"} and lo <= p[f"lr_{p['optimizer']}"] <= hi
