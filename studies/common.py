@@ -441,10 +441,12 @@ def units_total(scale: Scale, n_arms: int, hat_runs: int = 0) -> int:
 # ---------------------------------------------------------------- tuning
 
 
-def tune_arm(ctx: Context, arm: Arm) -> dict:
+def tune_arm(ctx: Context, arm: Arm, warm: dict | None = None) -> dict:
     """Tune one arm; returns {"params": best params, "value": best mean val acc, "trials": n}.
 
-    Every worker contributes trials until the arm has `scale.trials` finished
+    Trial 0 is the preset's values; with `warm` (the control's tuned params), trial 1 is the preset
+    with the control's tuned shared hyperparameters, so a rule arm always tries the learner settings
+    that work best without a rule. Every worker contributes trials until the arm has `scale.trials` finished
     (complete or pruned) ones; the best is chosen among the first `trials` of
     them, so budgets stay equal even when workers overshoot.
     """
@@ -462,7 +464,12 @@ def tune_arm(ctx: Context, arm: Arm) -> dict:
 
     if not study.get_trials(deepcopy=False):
         start = {k: _preset_value(arm.config(ctx.base), k) for k in space}
-        study.enqueue_trial({k: v for k, v in start.items() if v is not None}, skip_if_exists=True)
+        start = {k: v for k, v in start.items() if v is not None}
+        study.enqueue_trial(start, skip_if_exists=True)
+        if warm and n > 1:
+            shared = {k: v for k, v in warm.items() if k in SHARED_SPACE}
+            study.enqueue_trial({**{k: v for k, v in start.items() if k not in SHARED_SPACE}, **shared},
+                                skip_if_exists=True)
 
     def finished():
         return [t for t in study.get_trials(deepcopy=False) if t.state in (TS.COMPLETE, TS.PRUNED)]
@@ -584,8 +591,9 @@ def snapshots_from_dir(folder: str | Path) -> dict[int, dict[float, str]]:
 
 def tune_all(ctx: Context, arms: list[Arm], bar=NO_BAR) -> dict[str, dict]:
     tuned = {}
-    for arm in arms:
-        tuned[arm.name] = tune_arm(ctx, arm)
+    for arm in sorted(arms, key=lambda a: a.name != "control"):  # the control first: it warm-starts the others
+        warm = tuned.get("control", {}).get("params") if arm.name != "control" else None
+        tuned[arm.name] = tune_arm(ctx, arm, warm)
         bar.update(ctx.scale.trials * ctx.scale.tuning_seeds)
     return tuned
 
@@ -718,7 +726,9 @@ def comparison_sections(ctx: Context, arms: list[Arm], tuned: dict[str, dict], r
     tuning = ("Tuning skipped (`--trials 0`): every arm uses the preset's values." if ctx.scale.trials == 0 else
               f"Every arm was tuned with {ctx.scale.trials} Optuna trials (TPE, seed {ctx.scale.sampler_seed}, median "
               f"pruner) on the validation split, objective = mean validation accuracy over {ctx.scale.tuning_seeds} "
-              f"tuning seed(s) (seeds {TUNING_SEED_BASE}+, disjoint from the final seeds).")
+              f"tuning seed(s) (seeds {TUNING_SEED_BASE}+, disjoint from the final seeds). Trial 0 of every arm is the "
+              "preset's values; trial 1 of every other arm is the preset with the control's tuned optimizer and "
+              "learning rate.")
     sections = [
         "## Arms", "", f"Final seeds: {seeds[0]}..{seeds[-1]} (paired: seed s shares learner init and data order "
         "across arms). Test accuracy at the end of training, in percent. " + tuning, "",

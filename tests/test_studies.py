@@ -90,6 +90,18 @@ def test_fixed_rule_smoke_end_to_end(tmp_path, capsys):
     assert (out / "curves.png").stat().st_size > 0 and (out / "paired_differences.png").stat().st_size > 0
     assert len(list((out / "snapshots").glob("*.pt"))) == 4  # 2 runs x (0.5 epoch, final)
 
+    # Tuning: trial 0 of every arm is the preset; trial 1 of a rule arm uses the control's best learner settings.
+    import optuna
+
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    control = optuna.load_study(study_name="fixed_rule-smoke:tune:control", storage=storage)
+    best = max((t for t in control.trials[:2] if t.value is not None), key=lambda t: t.value).params
+    hebb = optuna.load_study(study_name="fixed_rule-smoke:tune:hebb", storage=storage).trials
+    assert hebb[0].params["optimizer"] == "adam" and hebb[0].params["lr_adam"] == 1e-3
+    shared = [{k: v for k, v in t.params.items() if k != "rate"} for t in hebb[:2]]
+    assert best in shared  # trial 1 is the warm start, unless it equals trial 0 (then it is not run twice)
+    assert hebb[0].params != hebb[1].params
+
 
 def test_fixed_rule_reuses_snapshots(tmp_path):
     from studies import fixed_rule
