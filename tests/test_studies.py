@@ -235,3 +235,29 @@ def test_conditional_learning_rate_space():
         p = common.suggest_params(study.ask(), space)
         lo, hi = (1e-4, 1e-2) if p["optimizer"] == "adam" else (1e-3, 3e-1)
         assert set(p) == {"optimizer", f"lr_{p['optimizer']}", "rate"} and lo <= p[f"lr_{p['optimizer']}"] <= hi
+
+
+def test_tune_arm_warm_starts_from_the_control(tmp_path):
+    """Trial 0 = preset, trial 1 = preset + the control's tuned learner settings; budgets stay equal."""
+    import optuna
+
+    from hat.config import TrainConfig
+    from hat.trainer import RunResult
+    from studies import common
+
+    seen = []
+
+    class StubContext(common.Context):
+        def train(self, cfg, tags, run_name, callback=None, observer=None):
+            seen.append((cfg.optimizer, cfg.lr, cfg.rate))
+            return RunResult(status="ok", val_acc=50.0 + 100 * cfg.rate, test_acc=0.0)
+
+    scale = common.Scale(trials=4, tuning_seeds=1)
+    ctx = StubContext("t", "warm", scale, TrainConfig(optimizer="adam", lr=1e-3, rate=1e-3),
+                      common.open_storage(f"sqlite:///{tmp_path}/optuna.db"), None, None, tmp_path, None, False)
+    warm = {"optimizer": "sgd", "lr_sgd": 0.05}
+    out = common.tune_arm(ctx, common.rule_arm("hebb", "hebb"), warm)
+    assert seen[0] == ("adam", 1e-3, 1e-3) and seen[1] == ("sgd", 0.05, 1e-3)
+    assert len(seen) == 4 and out["trials"] == 4
+    study = optuna.load_study(study_name="warm:tune:hebb", storage=f"sqlite:///{tmp_path}/optuna.db")
+    assert out["value"] == max(t.value for t in study.trials)
