@@ -25,7 +25,7 @@ from torch import Tensor
 from hat import data as hat_data
 from hat.config import TrainConfig
 from hat.device import pick_device
-from hat.trainer import Learner, RunResult, _make_optimizer, _save_snapshot, _snapshot_steps, build_rule
+from hat.trainer import Learner, RunResult, _make_optimizer, _save_snapshot, _snapshot_steps, build_rule, splits
 
 
 def population_delta(rules, pre: Tensor, w: Tensor, post: Tensor, grads: list[Tensor] | None) -> Tensor:
@@ -93,13 +93,7 @@ def train_population(cfg: TrainConfig, seeds: list[int], data: hat_data.Data | N
         raise ValueError("population training does not support grad_clip (it would need per-pair norms)")
     device = pick_device(cfg.device)
     data = data or hat_data.load(None, device, cfg.val_size)
-    x_train, y_train = data.x_train, data.y_train
-    if cfg.train_limit:
-        x_train, y_train = x_train[: cfg.train_limit], y_train[: cfg.train_limit]
-    x_val, y_val, x_test, y_test = data.x_val, data.y_val, data.x_test, data.y_test
-    if cfg.eval_limit:
-        x_val, y_val = x_val[: cfg.eval_limit], y_val[: cfg.eval_limit]
-        x_test, y_test = x_test[: cfg.eval_limit], y_test[: cfg.eval_limit]
+    x_train, y_train, x_val, y_val, x_test, y_test = splits(cfg, data)
     cfgs = [cfg.replace(seed=s) for s in seeds]
     P = len(cfgs)
     learners = [Learner(c.widths, c.act, torch.Generator().manual_seed(c.seed + c.init_seed_offset)).to(device)

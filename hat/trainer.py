@@ -153,6 +153,12 @@ def _snapshot_steps(cfg: TrainConfig, steps_per_epoch: int, total: int) -> dict[
     return {min(total, max(1, round(e * steps_per_epoch))): float(e) for e in cfg.snapshot_epochs if e * steps_per_epoch <= total + 0.5}
 
 
+def splits(cfg: TrainConfig, data: hat_data.Data):
+    """(x_train, y_train, x_val, y_val, x_test, y_test) cut to cfg.train_limit / cfg.eval_limit."""
+    n, m = cfg.train_limit or None, cfg.eval_limit or None
+    return (data.x_train[:n], data.y_train[:n], data.x_val[:m], data.y_val[:m], data.x_test[:m], data.y_test[:m])
+
+
 def train(cfg: TrainConfig, data: hat_data.Data | None = None, tracker=None, parent_id: str | None = None,
           out_dir: str | Path | None = None, tags: dict | None = None, progress: bool = True,
           run_name: str | None = None, callback=None, data_root: str | None = None, plot: bool = True,
@@ -171,13 +177,7 @@ def train(cfg: TrainConfig, data: hat_data.Data | None = None, tracker=None, par
     data = data or hat_data.load(data_root, device, cfg.val_size)
     if data.device != device:
         raise ValueError(f"data is on {data.device} but the run is on {device}")
-    x_train, y_train = data.x_train, data.y_train
-    if cfg.train_limit:
-        x_train, y_train = x_train[: cfg.train_limit], y_train[: cfg.train_limit]
-    x_val, y_val, x_test, y_test = data.x_val, data.y_val, data.x_test, data.y_test
-    if cfg.eval_limit:
-        x_val, y_val = x_val[: cfg.eval_limit], y_val[: cfg.eval_limit]
-        x_test, y_test = x_test[: cfg.eval_limit], y_test[: cfg.eval_limit]
+    x_train, y_train, x_val, y_val, x_test, y_test = splits(cfg, data)
     if cfg.widths[0] != x_train.shape[1] or cfg.widths[-1] != hat_data.NUM_CLASSES:
         raise ValueError(f"widths must start at {x_train.shape[1]} and end at {hat_data.NUM_CLASSES}, got {cfg.widths}")
 
