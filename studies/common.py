@@ -322,8 +322,15 @@ def run_units(storage, name: str, units: dict[str, dict], fn: Callable[[str, dic
         except BaseException:
             study.tell(trial, state=TS.FAIL)  # back in the queue on the next pass
             raise
-        trial.set_user_attr("result", json.loads(json.dumps(result, default=_jsonable)))
-        study.tell(trial, 0.0)
+        result = json.loads(json.dumps(result, default=_jsonable))
+        try:
+            trial.set_user_attr("result", result)
+            study.tell(trial, 0.0)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # Another worker took this unit's heartbeat for stale and failed the trial meanwhile:
+            # keep the finished work as a completed trial of its own (a requeued copy is then skipped).
+            study.add_trial(optuna.trial.create_trial(state=TS.COMPLETE, value=0.0,
+                                                      user_attrs={"unit": key, "result": result}))
 
 
 def _jsonable(x):

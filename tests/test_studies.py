@@ -157,7 +157,7 @@ def _cmd(tmp_path: Path, *extra: str) -> list[str]:
 
 
 def _env() -> dict:
-    return {**os.environ, "HAT_HEARTBEAT_S": "1", "HAT_GRACE_S": "3", "HAT_DATA": str(DATA)}
+    return {**os.environ, "HAT_HEARTBEAT_S": "1", "HAT_GRACE_S": "8", "HAT_DATA": str(DATA)}
 
 
 def test_kill_and_rerun_finishes_without_redoing(tmp_path):
@@ -261,3 +261,23 @@ def test_tune_arm_warm_starts_from_the_control(tmp_path):
     assert len(seen) == 4 and out["trials"] == 4
     study = optuna.load_study(study_name="warm:tune:hebb", storage=f"sqlite:///{tmp_path}/optuna.db")
     assert out["value"] == max(t.value for t in study.trials)
+
+
+def test_unit_finished_after_its_trial_was_reclaimed_is_kept(tmp_path):
+    """If another worker failed a slow unit's trial as stale, the finished result is still recorded once."""
+    import optuna
+
+    from studies import common
+
+    storage = common.open_storage(f"sqlite:///{tmp_path}/optuna.db")
+    name = "reclaim"
+
+    def fn(key, spec):
+        study = optuna.load_study(study_name=name, storage=storage)
+        running = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING][0]
+        storage.set_trial_state_values(running._trial_id, optuna.trial.TrialState.FAIL)  # what a stale check does
+        return {"value": spec["x"] * 2}
+
+    out = common.run_units(storage, name, {"a": {"x": 21}}, fn)
+    assert out == {"a": {"value": 42}}
+    assert set(_unit_trials(f"sqlite:///{tmp_path}/optuna.db", name)) == {"a"}
