@@ -272,6 +272,14 @@ class _Heartbeat:
         self.stop.set()
 
 
+def _ask(study, storage):
+    """study.ask() under the store's file lock: with SQLite, two processes could otherwise pop the same
+    waiting trial (the read that finds it WAITING is not part of the write's transaction)."""
+    with warnings.catch_warnings(), store_lock(getattr(storage, "url", "")):
+        warnings.simplefilter("ignore")  # heartbeat outside Study.optimize is what we want here
+        return study.ask()
+
+
 def _states():
     from optuna.trial import TrialState
 
@@ -309,9 +317,7 @@ def run_units(storage, name: str, units: dict[str, dict], fn: Callable[[str, dic
         if not any(t.state == TS.WAITING for t in study.get_trials(deepcopy=False)):
             time.sleep(POLL_S)  # the rest is running in other workers
             continue
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            trial = study.ask()
+        trial = _ask(study, storage)
         key = trial.user_attrs.get("unit")
         if key is None or key not in units or key in done:
             study.tell(trial, state=TS.PRUNED)  # not a queued unit, or a duplicate
@@ -506,11 +512,26 @@ def tune_arm(ctx: Context, arm: Arm, warm: dict | None = None) -> dict:
             accs.append(res.val_acc)
         return float(np.mean(accs))
 
-    if len(finished()) < n:
-        study.optimize(objective, callbacks=[optuna.study.MaxTrialsCallback(n, states=(TS.COMPLETE, TS.PRUNED))],
-                       catch=())
-    while len(finished()) < n:  # trials still running in other workers
-        time.sleep(POLL_S)
+    while len(finished()) < n:
+        if hasattr(ctx.storage, "record_heartbeat"):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                optuna.storages.fail_stale_trials(study)
+        running = sum(t.state == TS.RUNNING for t in study.get_trials(deepcopy=False))
+        if len(finished()) + running >= n:
+            time.sleep(POLL_S)  # the last trials are running in other workers
+            continue
+        trial = _ask(study, ctx.storage)
+        try:
+            with _Heartbeat(ctx.storage, trial._trial_id):
+                value = objective(trial)
+        except optuna.TrialPruned:
+            study.tell(trial, state=TS.PRUNED)
+            continue
+        except BaseException:
+            study.tell(trial, state=TS.FAIL)  # not counted: another trial takes its place
+            raise
+        study.tell(trial, value)
     first = sorted(finished(), key=lambda t: t.number)[:n]
     complete = [t for t in first if t.state == TS.COMPLETE and t.value is not None]
     if not complete:

@@ -189,7 +189,7 @@ def test_kill_and_rerun_finishes_without_redoing(tmp_path):
 
 
 def test_two_workers_split_the_work(tmp_path):
-    procs = [subprocess.Popen(_cmd(tmp_path, *extra), cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
+    procs = [subprocess.Popen(_cmd(tmp_path, "--trials", "2", *extra), cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True) for extra in ((), ("--no-report",))]
     for p in procs:
         _, err = p.communicate(timeout=600)
@@ -199,6 +199,13 @@ def test_two_workers_split_the_work(tmp_path):
     runs = mlflow_runs(tmp_path, "tags.phase = 'replicate'")
     assert len(runs) == 12  # no unit trained twice
     assert (tmp_path / "out" / "report.md").is_file()
+    import optuna
+
+    for arm in ("control", "hat", "noise"):  # tuned together: equal budgets, no trial claimed twice
+        trials = optuna.load_study(study_name=f"resume:tune:{arm}", storage=f"sqlite:///{tmp_path}/optuna.db").trials
+        states = [t.state.name for t in trials]
+        assert states.count("COMPLETE") + states.count("PRUNED") >= 2 and "FAIL" not in states, (arm, states)
+    assert len(mlflow_runs(tmp_path, "tags.phase = 'study'")) == 1  # one parent run
 
 
 def test_population_replicates(tmp_path):
