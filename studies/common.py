@@ -280,6 +280,39 @@ def _ask(study, storage):
         return study.ask()
 
 
+def _claim(study, storage, units: dict):
+    """Queue the missing units and pop one: ({key: result} of the done units, trial or None).
+
+    Reading the queue, enqueueing what is missing and popping a waiting trial
+    happen under the store's file lock, so two workers that start together
+    neither enqueue a unit twice nor both pop it. A popped trial whose unit
+    another trial has already finished or holds is pruned (a guard for
+    database servers, where the file lock does not reach other machines).
+    """
+    TS = _states()
+    with warnings.catch_warnings(), store_lock(getattr(storage, "url", "")):
+        warnings.simplefilter("ignore")  # heartbeat outside Study.optimize is what we want here
+        while True:
+            trials = study.get_trials(deepcopy=False)
+            done = {t.user_attrs["unit"]: t.user_attrs["result"] for t in trials
+                    if t.state == TS.COMPLETE and "unit" in t.user_attrs}
+            live = {t.user_attrs.get("unit") for t in trials if t.state in (TS.WAITING, TS.RUNNING)}
+            for key in units:
+                if key not in done and key not in live:
+                    study.enqueue_trial({}, user_attrs={"unit": key})
+            if all(k in done for k in units) or not any(
+                    t.state == TS.WAITING for t in study.get_trials(deepcopy=False)):
+                return done, None
+            trial = study.ask()
+            key = trial.user_attrs.get("unit")
+            held = any(t.number != trial.number and t.user_attrs.get("unit") == key
+                       and t.state in (TS.COMPLETE, TS.RUNNING) for t in study.get_trials(deepcopy=False))
+            if key is None or key not in units or key in done or held:
+                study.tell(trial, state=TS.PRUNED)  # not a queued unit, or a duplicate
+                continue
+            return done, trial
+
+
 def _states():
     from optuna.trial import TrialState
 
@@ -303,25 +336,15 @@ def run_units(storage, name: str, units: dict[str, dict], fn: Callable[[str, dic
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # heartbeat outside Study.optimize is what we want here
                 optuna.storages.fail_stale_trials(study)
-        trials = study.get_trials(deepcopy=False)
-        done = {t.user_attrs["unit"]: t.user_attrs["result"] for t in trials
-                if t.state == TS.COMPLETE and "unit" in t.user_attrs}
-        live = {t.user_attrs.get("unit") for t in trials if t.state in (TS.WAITING, TS.RUNNING)}
-        for key in units:
-            if key not in done and key not in live:
-                study.enqueue_trial({}, user_attrs={"unit": key})
+        done, trial = _claim(study, storage, units)
         if progress is not None:
             progress(len([k for k in units if k in done]), len(units))
         if all(k in done for k in units):
             return {k: done[k] for k in units}
-        if not any(t.state == TS.WAITING for t in study.get_trials(deepcopy=False)):
+        if trial is None:
             time.sleep(POLL_S)  # the rest is running in other workers
             continue
-        trial = _ask(study, storage)
-        key = trial.user_attrs.get("unit")
-        if key is None or key not in units or key in done:
-            study.tell(trial, state=TS.PRUNED)  # not a queued unit, or a duplicate
-            continue
+        key = trial.user_attrs["unit"]
         try:
             with _Heartbeat(storage, trial._trial_id):
                 result = fn(key, units[key])
