@@ -2,8 +2,9 @@
 
 The P learners' weights are stacked at every step, (P, O, I), so each layer of
 all P learners is one batched matmul (`baddbmm`) forward and backward; the
-rule's update is applied per pair through `population_delta` (one call per
-pair today; a kernel that takes the P dimension plugs in there). Each pair
+rule's update goes through `population_delta`: meta-learner rules of one shape
+are one kernel launch for all P pairs on the triton backend (CUDA), one call per
+pair on the CPU backends; other rules are called per pair. Each pair
 keeps its own leaf parameters, optimizer, rule, data order, label mask and
 divergence state, so pair p follows exactly the recipe of `train()` with seed
 p: its results equal a single run's up to float rounding of the batched
@@ -23,19 +24,44 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hat import data as hat_data
+from hat import kernels
 from hat.config import TrainConfig
 from hat.device import pick_device
 from hat.trainer import Learner, RunResult, _make_optimizer, _save_snapshot, _snapshot_steps, build_rule, splits
 
 
+def _mlp_forms(rules):
+    """The pairs' MLPForms when every rule is a plain `mlp`-family rule (its delta is the MLP kernel), else None."""
+    from rules.mlp import MLPRule
+
+    if all(isinstance(r, MLPRule) and type(r).delta is MLPRule.delta
+           and type(r).per_sample_drive is MLPRule.per_sample_drive for r in rules):
+        forms = [r.form() for r in rules]
+        if len({(f.act, f.inputs, f.hidden) for f in forms}) == 1:
+            return forms
+    return None
+
+
 def population_delta(rules, pre: Tensor, w: Tensor, post: Tensor, grads: list[Tensor] | None) -> Tensor:
-    """(P, O, I): each pair's rule on its own slice of pre (P, B, I), w (P, O, I), post (P, B, O)."""
+    """(P, O, I): each pair's rule on its own slice of pre (P, B, I), w (P, O, I), post (P, B, O).
+
+    Meta-learner rules of one shape go through `kernels.mlp_population_delta` (one kernel
+    launch for all P on the triton backend); any other rule is called once per pair.
+    """
+    forms = _mlp_forms(rules)
+    if forms is not None:
+        g = None if grads is None else torch.stack(grads)  # (P, O, I)
+        return kernels.mlp_population_delta(pre, w, post, g, forms, rules[0].memory_budget)
     return torch.stack([r.delta(pre[p], w[p], post[p], None if grads is None else grads[p])
                         for p, r in enumerate(rules)])
 
 
 def population_drive(rules, pre, w, post, grads) -> Tensor:
-    """(P, B, O): each pair's per-sample drive."""
+    """(P, B, O): each pair's per-sample drive (one launch for meta-learner rules on triton)."""
+    forms = _mlp_forms(rules)
+    if forms is not None:
+        g = None if grads is None else torch.stack(grads)  # (P, O, I)
+        return kernels.mlp_population_drive(pre, w, post, g, forms, rules[0].memory_budget)
     return torch.stack([r.per_sample_drive(pre[p], w[p], post[p], None if grads is None else grads[p])
                         for p, r in enumerate(rules)])
 

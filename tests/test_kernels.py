@@ -259,7 +259,59 @@ def triton_check_all() -> dict:
             excess = ((b - a).abs() - (TRITON_TOL["atol"] + TRITON_TOL["rtol"] * a.abs())).max().item()
             errs[name] = {"max_abs": (b - a).abs().max().item(), "excess": excess, "shape_ok": a.shape == b.shape}
         results[_case_id(case)] = errs
+    for case in POP_CASES:
+        results[_pop_id(case)] = _population_errors(*case)
     return results
+
+
+# (entry, act, inputs, P, (B, O, I, H), (block_o, block_i)): P pairs, each with its own rule and
+# inputs, in one launch of the population kernels, against the dense reference pair by pair.
+POP_CASES = [
+    ("delta", "relu", ("pre", "w", "post"), 3, (3, 5, 7, 2), (2, 4)),
+    ("drive", "tanh", ("pre", "w", "post", "grad"), 2, (2, 3, 5, 2), (2, 4)),
+]
+
+
+def _pop_id(case):
+    entry, act, inputs, P, shape, blocks = case
+    return f"population-{entry}-{act}-P{P}-{'-'.join(inputs)}"
+
+
+def _population_errors(entry, act, inputs, P, shape, blocks) -> dict:
+    """Max abs error and tolerance excess of the stacked output and every stacked gradient."""
+    from hat.kernels import triton_mlp
+
+    pairs = [make_case(*shape, act, inputs, dtype=torch.float32, seed=10 + p) for p in range(P)]
+    refs = []
+    for form32, pre, w, post, g in pairs:
+        ref_form = MLPForm(*(t.detach().double().requires_grad_(True) for t in (form32.w1, form32.b1, form32.w2,
+                                                                                form32.b2)), act, form32.inputs)
+        args = [None if t is None else t.detach().double().requires_grad_(True) for t in (pre, w, post, g)]
+        refs.append(value_and_grads(entry, "dense", ref_form, *args, seed=20 + len(refs)))
+    stack = [None if pairs[0][k] is None else torch.stack([pr[k].detach() for pr in pairs]).requires_grad_(True)
+             for k in range(1, 5)]  # pre (P, B, I), w (P, O, I), post (P, B, O), grad (P, O, I)
+    forms = [pr[0] for pr in pairs]
+    fn = triton_mlp.population_delta if entry == "delta" else triton_mlp.population_drive
+    out = fn(*stack, forms, block_o=blocks[0], block_i=blocks[1])
+    up = torch.stack([torch.randn(out.shape[1:], generator=torch.Generator().manual_seed(20 + p),
+                                  dtype=torch.float64) for p in range(P)])  # the reference's upstream, per pair
+    params = [t for f in forms for t in (f.w1, f.b1, f.w2, f.b2)]
+    live = [t for t in stack if t is not None] + params
+    gs = iter(torch.autograd.grad(out, live, up.float(), allow_unused=True))
+    got_inputs = [None if t is None else next(gs) for t in stack]
+    got_params = [next(gs) for _ in params]
+    errs = {}
+    for p in range(P):
+        r_out, r_grads = refs[p]
+        got = [out[p].detach()] + [None if t is None else t[p] for t in got_inputs] + got_params[4 * p: 4 * p + 4]
+        for name, a, b in zip(["out"] + NAMES, [r_out] + r_grads, got):
+            if a is None:
+                continue
+            b = torch.zeros_like(a) if b is None else b.double()
+            excess = ((b - a).abs() - (TRITON_TOL["atol"] + TRITON_TOL["rtol"] * a.abs())).max().item()
+            errs[f"pair{p}.{name}"] = {"max_abs": (b - a).abs().max().item(), "excess": excess,
+                                       "shape_ok": a.shape == b.shape}
+    return errs
 
 
 @pytest.fixture(scope="module")
@@ -275,6 +327,17 @@ def triton_results():
 @pytest.mark.parametrize("case", TRITON_CASES, ids=_case_id)
 def test_triton_interpreter_matches_dense(triton_results, case):
     errs = triton_results[_case_id(case)]
+    for name, e in errs.items():
+        assert e["shape_ok"], name
+        assert e["excess"] <= 0, f"{name}: max abs error {e['max_abs']:.3g} beyond atol=rtol={TRITON_TOL['atol']}"
+
+
+@pytest.mark.parametrize("case", POP_CASES, ids=_pop_id)
+def test_triton_population_launch_matches_each_pair(triton_results, case):
+    """One launch for P pairs gives every pair's value and gradients (inputs and its own rule's
+    parameters, none leaking into another pair's) as the dense reference of that pair alone."""
+    errs = triton_results[_pop_id(case)]
+    assert len({k.split(".")[0] for k in errs}) == case[3]
     for name, e in errs.items():
         assert e["shape_ok"], name
         assert e["excess"] <= 0, f"{name}: max abs error {e['max_abs']:.3g} beyond atol=rtol={TRITON_TOL['atol']}"

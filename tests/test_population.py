@@ -76,3 +76,58 @@ def test_population_snapshots_per_pair(toy_data, tmp_path):
     b = torch.load(batched[1].snapshots[-1], weights_only=True)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
+_TRITON_SCRIPT = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import conftest
+from hat.config import TrainConfig
+from hat.kernels import triton_mlp
+from hat.population import train_population
+from hat.trainer import train
+
+calls = []
+apply = triton_mlp._TritonMLP.apply
+triton_mlp._TritonMLP.apply = lambda *a: calls.append(a[0].shape[0]) or apply(*a)
+data = conftest.make_toy_data()
+cfg = TrainConfig(**json.loads(sys.argv[2]))
+single = [train(cfg.replace(seed=s), data=data, progress=False).curve for s in (0, 1)]
+n_single = len(calls)
+batched = [r.curve for r in train_population(cfg, [0, 1], data=data, progress=False)]
+print(json.dumps({"single": single, "batched": batched, "pairs_per_launch": calls[n_single:]}))
+"""
+
+
+@pytest.mark.parametrize("per_sample", [False, True], ids=["delta", "per-sample"])
+def test_population_triton_one_launch_equals_single_runs(per_sample):
+    """On the triton backend (interpreter) the pairs' rule updates are one launch each, and the
+    population's results equal the seeds trained alone."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("triton")
+    root = Path(__file__).resolve().parents[1]
+    # 300 training examples, batch 5: 4 steps, evaluated every 2 (the interpreter is slow)
+    cfg = dict(widths=(6, 5, 10), batch_size=5, epochs=0.07, evals_per_epoch=30, val_size=100, device="cpu",
+               rule="mlp", rate=1e-2, rule_lr=1e-2, per_sample=per_sample,
+               mlp={"inputs": ["pre", "w", "post"], "hidden": 3, "act": "tanh"})
+    env = dict(os.environ, TRITON_INTERPRET="1", HAT_KERNEL_BACKEND="triton",
+               PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-c", _TRITON_SCRIPT, str(root / "tests"), json.dumps(cfg)], cwd=root,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["pairs_per_launch"] and set(out["pairs_per_launch"]) == {2}  # every launch covers both pairs
+    for single, batched in zip(out["single"], out["batched"]):
+        _close(_Curve(single), _Curve(batched))
+
+
+class _Curve:
+    """A curve from JSON, shaped like a RunResult for `_close`."""
+
+    def __init__(self, curve):
+        self.status, self.curve = "ok", curve

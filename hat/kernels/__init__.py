@@ -127,3 +127,31 @@ def mlp_per_sample_drive(pre: Tensor, w: Tensor, post: Tensor, grad: Tensor | No
 
         return triton_mlp.per_sample_drive(pre, w, post, grad, form, budget)
     raise ValueError(f"unknown backend {backend!r}")
+
+
+def mlp_population_delta(pre: Tensor, w: Tensor, post: Tensor, grad: Tensor | None, forms: list[MLPForm],
+                         budget: int = 256 * 2**20, backend: str | None = None) -> Tensor:
+    """(P, O, I): pair p's rule forms[p] on pre[p] (B, I), w[p] (O, I), post[p] (B, O), grad[p].
+
+    On the triton backend all P pairs are one kernel launch (forward and backward); the
+    forms must then share act, inputs and hidden width. Elsewhere one call per pair.
+    """
+    backend = backend or choose_backend(pre)
+    if backend == "triton":
+        from hat.kernels import triton_mlp
+
+        return triton_mlp.population_delta(pre, w, post, grad, forms)
+    return torch.stack([mlp_delta(pre[p], w[p], post[p], None if grad is None else grad[p], f, budget, backend)
+                        for p, f in enumerate(forms)])  # (P, O, I)
+
+
+def mlp_population_drive(pre: Tensor, w: Tensor, post: Tensor, grad: Tensor | None, forms: list[MLPForm],
+                         budget: int = 256 * 2**20, backend: str | None = None) -> Tensor:
+    """(P, B, O): the per-sample drive of every pair; one launch on the triton backend."""
+    backend = backend or choose_backend(pre)
+    if backend == "triton":
+        from hat.kernels import triton_mlp
+
+        return triton_mlp.population_drive(pre, w, post, grad, forms)
+    return torch.stack([mlp_per_sample_drive(pre[p], w[p], post[p], None if grad is None else grad[p], f, budget,
+                                             backend) for p, f in enumerate(forms)])  # (P, B, O)

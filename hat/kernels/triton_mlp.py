@@ -109,6 +109,11 @@ def _delta_fwd_kernel(pre_ptr, w_ptr, post_ptr, g_ptr, coef_ptr, out_ptr, B, OUT
                       ACT: tl.constexpr, BO: tl.constexpr, BI: tl.constexpr):
     pid_o = tl.program_id(0)
     pid_i = tl.program_id(1)
+    pid_p = tl.program_id(2)  # the pair of the population
+    pre_ptr += pid_p * B * IN
+    post_ptr += pid_p * B * OUT
+    coef_ptr += pid_p * (6 * H + 1)
+    out_ptr += pid_p * OUT * IN
     offs_o = pid_o * BO + tl.arange(0, BO)
     offs_i = pid_i * BI + tl.arange(0, BI)
     mo = offs_o < OUT
@@ -118,9 +123,9 @@ def _delta_fwd_kernel(pre_ptr, w_ptr, post_ptr, g_ptr, coef_ptr, out_ptr, B, OUT
     wt = tl.zeros((BO, BI), dtype=tl.float32)
     gt = tl.zeros((BO, BI), dtype=tl.float32)
     if HAS_W:
-        wt = tl.load(w_ptr + tile, mask=mask, other=0.0).to(tl.float32)
+        wt = tl.load(w_ptr + pid_p * OUT * IN + tile, mask=mask, other=0.0).to(tl.float32)
     if HAS_GRAD:
-        gt = tl.load(g_ptr + tile, mask=mask, other=0.0).to(tl.float32)
+        gt = tl.load(g_ptr + pid_p * OUT * IN + tile, mask=mask, other=0.0).to(tl.float32)
     acc = tl.zeros((BO, BI), dtype=tl.float32)
     for h in range(H):
         a_h = tl.load(coef_ptr + 0 * H + h)
@@ -151,6 +156,11 @@ def _drive_fwd_kernel(pre_ptr, w_ptr, post_ptr, g_ptr, coef_ptr, part_ptr, B, OU
                       ACT: tl.constexpr, BO: tl.constexpr, BI: tl.constexpr):
     pid_o = tl.program_id(0)
     pid_i = tl.program_id(1)
+    pid_p = tl.program_id(2)  # the pair of the population
+    pre_ptr += pid_p * B * IN
+    post_ptr += pid_p * B * OUT
+    coef_ptr += pid_p * (6 * H + 1)
+    part_ptr += pid_p * tl.num_programs(1) * B * OUT
     offs_o = pid_o * BO + tl.arange(0, BO)
     offs_i = pid_i * BI + tl.arange(0, BI)
     mo = offs_o < OUT
@@ -160,9 +170,9 @@ def _drive_fwd_kernel(pre_ptr, w_ptr, post_ptr, g_ptr, coef_ptr, part_ptr, B, OU
     wt = tl.zeros((BO, BI), dtype=tl.float32)
     gt = tl.zeros((BO, BI), dtype=tl.float32)
     if HAS_W:
-        wt = tl.load(w_ptr + tile, mask=mask, other=0.0).to(tl.float32)
+        wt = tl.load(w_ptr + pid_p * OUT * IN + tile, mask=mask, other=0.0).to(tl.float32)
     if HAS_GRAD:
-        gt = tl.load(g_ptr + tile, mask=mask, other=0.0).to(tl.float32)
+        gt = tl.load(g_ptr + pid_p * OUT * IN + tile, mask=mask, other=0.0).to(tl.float32)
     for b in range(B):
         p = tl.load(pre_ptr + b * IN + offs_i, mask=mi, other=0.0).to(tl.float32)
         q = tl.load(post_ptr + b * OUT + offs_o, mask=mo, other=0.0).to(tl.float32)
@@ -191,7 +201,20 @@ def _bwd_kernel(pre_ptr, w_ptr, post_ptr, g_ptr, coef_ptr, up_ptr,
                 HAS_GRAD: tl.constexpr, ACT: tl.constexpr, BO: tl.constexpr, BI: tl.constexpr, BH: tl.constexpr):
     pid_o = tl.program_id(0)
     pid_i = tl.program_id(1)
+    pid_p = tl.program_id(2)  # the pair of the population
+    n_o_tiles = tl.num_programs(0)
     n_i_tiles = tl.num_programs(1)
+    pre_ptr += pid_p * B * IN
+    post_ptr += pid_p * B * OUT
+    coef_ptr += pid_p * (6 * H + 1)
+    w_ptr += pid_p * OUT * IN
+    g_ptr += pid_p * OUT * IN
+    dw_ptr += pid_p * OUT * IN
+    dg_ptr += pid_p * OUT * IN
+    up_ptr += pid_p * (B * OUT if DRIVE else OUT * IN)
+    dpre_part_ptr += pid_p * n_o_tiles * B * IN
+    dpost_part_ptr += pid_p * n_i_tiles * B * OUT
+    hpart_ptr += pid_p * n_o_tiles * n_i_tiles * 6 * H
     offs_o = pid_o * BO + tl.arange(0, BO)
     offs_i = pid_i * BI + tl.arange(0, BI)
     offs_h = tl.arange(0, BH)
@@ -312,12 +335,15 @@ def compile_ahead(arch: int = 90, num_warps: int = NUM_WARPS) -> list[str]:
 
 
 def _coef(w1, b1, w2, b2, inputs) -> torch.Tensor:
-    """Flat float32 [a, c, e, f, b1, w2, b2] (absent inputs: zero columns)."""
-    H = w1.shape[0]
-    cols = {k: w1[:, d] for d, k in enumerate(inputs)}
-    zero = torch.zeros(H, dtype=torch.float32, device=w1.device)
+    """(P, 6H + 1) float32 rows [a, c, e, f, b1, w2, b2] per pair (absent inputs: zero columns).
+
+    w1 (P, H, D), b1 (P, H), w2 (P, H), b2 (P,).
+    """
+    P, H = w1.shape[:2]
+    cols = {k: w1[:, :, d] for d, k in enumerate(inputs)}  # each (P, H)
+    zero = torch.zeros(P, H, dtype=torch.float32, device=w1.device)
     rows = [cols.get(k, zero).float() for k in ("pre", "w", "post", "grad")]
-    return torch.cat(rows + [b1.float(), w2.float(), b2.float().reshape(1)]).contiguous()
+    return torch.cat(rows + [b1.float(), w2.float(), b2.float().reshape(P, 1)], 1).contiguous()  # (P, 6H + 1)
 
 
 def _flags(inputs, act):
@@ -325,63 +351,68 @@ def _flags(inputs, act):
                 HAS_GRAD="grad" in inputs, ACT=0 if act == "relu" else 1)
 
 
-def _launch_cfg(OUT, IN, bo, bi):
+def _launch_cfg(P, OUT, IN, bo, bi):
     bo = bo or BLOCK_O
     bi = bi or BLOCK_I
-    return bo, bi, (triton.cdiv(OUT, bo), triton.cdiv(IN, bi))
+    return bo, bi, (triton.cdiv(OUT, bo), triton.cdiv(IN, bi), P)
 
 
 def _forward(drive, pre, w, post, grad, coef, act, inputs, bo=None, bi=None):
-    B, IN = pre.shape
-    OUT = w.shape[0]
-    H = (coef.numel() - 1) // 6
-    bo, bi, grid = _launch_cfg(OUT, IN, bo, bi)
+    """pre (P, B, I), w (P, O, I), post (P, B, O), grad (P, O, I) or None, coef (P, 6H + 1):
+    the delta (P, O, I) or the drive (P, B, O), all P pairs in one launch."""
+    P, B, IN = pre.shape
+    OUT = w.shape[1]
+    H = (coef.shape[1] - 1) // 6
+    bo, bi, grid = _launch_cfg(P, OUT, IN, bo, bi)
     g = grad if grad is not None else w  # dummy pointer when the rule has no grad input
     flags = _flags(inputs, act)
     if not drive:
-        out = torch.empty((OUT, IN), dtype=torch.float32, device=pre.device)
+        out = torch.empty((P, OUT, IN), dtype=torch.float32, device=pre.device)
         _delta_fwd_kernel[grid](pre, w, post, g, coef, out, B, OUT, IN, H, 1.0 / B, **flags, BO=bo, BI=bi,
                                 num_warps=NUM_WARPS)
         return out
-    part = torch.empty((grid[1], B, OUT), dtype=torch.float32, device=pre.device)
+    part = torch.empty((P, grid[1], B, OUT), dtype=torch.float32, device=pre.device)
     _drive_fwd_kernel[grid](pre, w, post, g, coef, part, B, OUT, IN, H, **flags, BO=bo, BI=bi, num_warps=NUM_WARPS)
-    return part.sum(0) + coef[6 * H] * pre.float().sum(1, keepdim=True)
+    return part.sum(1) + coef[:, 6 * H, None, None] * pre.float().sum(2, keepdim=True)  # (P, B, O)
 
 
 def _backward(drive, up, pre, w, post, grad, coef, act, inputs, bo=None, bi=None):
-    """Gradients (pre, w, post, grad, w1 (H, D), b1, w2, b2) in float32."""
-    B, IN = pre.shape
-    OUT = w.shape[0]
-    H = (coef.numel() - 1) // 6
-    bo, bi, grid = _launch_cfg(OUT, IN, bo, bi)
+    """Gradients (pre, w, post, grad, w1 (P, H, D), b1 (P, H), w2 (P, H), b2 (P,)) in float32."""
+    P, B, IN = pre.shape
+    OUT = w.shape[1]
+    H = (coef.shape[1] - 1) // 6
+    bo, bi, grid = _launch_cfg(P, OUT, IN, bo, bi)
     dev = pre.device
     g = grad if grad is not None else w
     f32 = dict(dtype=torch.float32, device=dev)
-    dw = torch.empty((OUT, IN), **f32)
-    dg = torch.empty((OUT, IN), **f32)
-    dpre_part = torch.empty((grid[0], B, IN), **f32)
-    dpost_part = torch.empty((grid[1], B, OUT), **f32)
-    hpart = torch.empty((grid[0] * grid[1], 6, H), **f32)
+    dw = torch.empty((P, OUT, IN), **f32)
+    dg = torch.empty((P, OUT, IN), **f32)
+    dpre_part = torch.empty((P, grid[0], B, IN), **f32)
+    dpost_part = torch.empty((P, grid[1], B, OUT), **f32)
+    hpart = torch.empty((P, grid[0] * grid[1], 6, H), **f32)
     up = (up if drive else up / B).float().contiguous()
     _bwd_kernel[grid](pre, w, post, g, coef, up, dw, dg, dpre_part, dpost_part, hpart, B, OUT, IN, H,
                       DRIVE=drive, **_flags(inputs, act), BO=bo, BI=bi, BH=triton.next_power_of_2(H),
                       num_warps=NUM_WARPS)
-    w2, b2 = coef[5 * H: 6 * H], coef[6 * H]
-    hsum = hpart.sum(0)  # (6, H): b1, a, c, e, f, w2
-    dpre = dpre_part.sum(0)
-    dpost = dpost_part.sum(0)
+    w2, b2 = coef[:, 5 * H: 6 * H], coef[:, 6 * H]  # (P, H), (P,)
+    hsum = hpart.sum(1)  # (P, 6, H): b1, a, c, e, f, w2
+    dpre = dpre_part.sum(1)  # (P, B, I)
+    dpost = dpost_part.sum(1)  # (P, B, O)
     if drive:
-        gsum = up.sum(1)
-        dpre = dpre + b2 * gsum[:, None]
-        db2 = (gsum * pre.float().sum(1)).sum()
+        gsum = up.sum(2)  # (P, B)
+        dpre = dpre + b2[:, None, None] * gsum[:, :, None]
+        db2 = (gsum * pre.float().sum(2)).sum(1)
     else:
-        db2 = up.sum() * B
-    col = {"pre": hsum[1], "w": hsum[2], "post": hsum[3], "grad": hsum[4]}
-    dW1 = torch.stack([w2 * col[k] for k in inputs], 1)
-    return dpre, dw, dpost, (dg if grad is not None else None), dW1, w2 * hsum[0], hsum[5], db2
+        db2 = up.sum((1, 2)) * B
+    col = {"pre": hsum[:, 1], "w": hsum[:, 2], "post": hsum[:, 3], "grad": hsum[:, 4]}
+    dW1 = torch.stack([w2 * col[k] for k in inputs], 2)  # (P, H, D)
+    return dpre, dw, dpost, (dg if grad is not None else None), dW1, w2 * hsum[:, 0], hsum[:, 5], db2
 
 
 class _TritonMLP(torch.autograd.Function):
+    """All P pairs in one launch: pre (P, B, I), w (P, O, I), post (P, B, O), grad (P, O, I) or None,
+    w1 (P, H, D), b1 (P, H), w2 (P, H), b2 (P,)."""
+
     @staticmethod
     def forward(ctx, pre, w, post, grad, w1, b1, w2, b2, drive, act, inputs, blocks):
         coef = _coef(w1, b1, w2, b2, inputs)
@@ -402,20 +433,39 @@ class _TritonMLP(torch.autograd.Function):
         return (*out, None, None, None, None)
 
 
-def _prep(pre, w, post, grad, form):
-    if "grad" in form.inputs and grad is None:
+def _stacked(pre, w, post, grad, forms):
+    """Contiguous (P, ...) inputs and the stacked parameters of `forms` (same act, inputs, hidden)."""
+    f0 = forms[0]
+    if any((f.act, tuple(f.inputs), f.hidden) != (f0.act, tuple(f0.inputs), f0.hidden) for f in forms):
+        raise ValueError("population kernels: every pair's rule needs the same act, inputs and hidden width")
+    if "grad" in f0.inputs and grad is None:
         raise ValueError("the rule reads the gradient input but grad is None")
-    g = grad.contiguous() if "grad" in form.inputs else None
-    return pre.contiguous(), w.contiguous(), post.contiguous(), g
+    g = grad.contiguous() if "grad" in f0.inputs else None
+    params = [torch.stack([getattr(f, k) for f in forms]) for k in ("w1", "b1", "w2", "b2")]  # (P, ...)
+    return (pre.contiguous(), w.contiguous(), post.contiguous(), g, *params, f0.act, tuple(f0.inputs))
+
+
+def population_delta(pre, w, post, grad, forms, block_o=None, block_i=None):
+    """(P, O, I) batch means, pair p's rule forms[p] on pre[p] (B, I), w[p] (O, I), post[p] (B, O); one launch."""
+    *args, act, inputs = _stacked(pre, w, post, grad, forms)
+    return _TritonMLP.apply(*args, False, act, inputs, (block_o, block_i))
+
+
+def population_drive(pre, w, post, grad, forms, block_o=None, block_i=None):
+    """(P, B, O) per-sample drives of P pairs; one launch."""
+    *args, act, inputs = _stacked(pre, w, post, grad, forms)
+    return _TritonMLP.apply(*args, True, act, inputs, (block_o, block_i))
+
+
+def _one(t):
+    return None if t is None else t.unsqueeze(0)
 
 
 def delta(pre, w, post, grad, form, budget=None, block_o=None, block_i=None):
     """(O, I) batch mean of M (the budget is irrelevant: nothing of size B*O*I*H exists)."""
-    return _TritonMLP.apply(*_prep(pre, w, post, grad, form), form.w1, form.b1, form.w2, form.b2,
-                            False, form.act, tuple(form.inputs), (block_o, block_i))
+    return population_delta(_one(pre), _one(w), _one(post), _one(grad), [form], block_o, block_i)[0]
 
 
 def per_sample_drive(pre, w, post, grad, form, budget=None, block_o=None, block_i=None):
     """(B, O) sum_i M(...) pre[b, i]."""
-    return _TritonMLP.apply(*_prep(pre, w, post, grad, form), form.w1, form.b1, form.w2, form.b2,
-                            True, form.act, tuple(form.inputs), (block_o, block_i))
+    return population_drive(_one(pre), _one(w), _one(post), _one(grad), [form], block_o, block_i)[0]
