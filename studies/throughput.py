@@ -47,6 +47,8 @@ for HAT and the control, one seed at a time (P = 1) and population-batched (P = 
 on synthetic data of Fashion-MNIST's shape: seconds per epoch (1,099 steps of 50 on the
 54,946 training examples left after the validation split), and the projected time of the
 paper's protocol, 100 HAT and 100 control runs of 20 epochs, at each P.
+Then the same rows for a learner too small to compute anything (784-4-10, M 3-2-1): their
+step time is the trainer's per-step overhead (Python, launches, optimizer bookkeeping).
 
 The table and the numbers go to MLflow (a run tagged phase=throughput; --no-mlflow to skip).
 
@@ -392,6 +394,8 @@ def main(argv=None) -> int:
         print("[throughput] training steps of the paper preset ...", file=sys.stderr, flush=True)
         train_rows = training_time(device, steps, pop)
         text += "\n" + training_table(train_rows) + "\n"
+        overhead_rows = training_time(device, 10 * steps, pop, OVERHEAD_SIZES)
+        text += "\n" + overhead_table(overhead_rows) + "\n"
     print(text)
     if args.out:
         Path(args.out).write_text(text)
@@ -404,8 +408,15 @@ PAPER_STEPS_PER_EPOCH = (59_946 - 5_000) // 50  # training examples after the va
 PROTOCOL_RUNS, PROTOCOL_EPOCHS = 100, 20  # the paper: 100 HAT and 100 control runs of 20 epochs
 
 
-def training_time(device: str, steps: int, population: int) -> list[dict]:
+# A learner and meta-learner so small that a step's arithmetic is negligible: its step time is the
+# per-step overhead (Python, kernel launches, optimizer bookkeeping) of the trainer.
+OVERHEAD_SIZES = dict(widths=(784, 4, 10), mlp={"inputs": ["pre", "w", "post"], "hidden": 2, "act": "relu"})
+
+
+def training_time(device: str, steps: int, population: int, sizes: dict | None = None) -> list[dict]:
     """Seconds per training step of the paper preset, HAT and control, at P = 1 and P = population.
+
+    `sizes`: overrides of the preset's learner and rule sizes (OVERHEAD_SIZES measures the overhead).
 
     Each row trains 1 step (warm-up), then 1 and `steps` + 1 steps; the difference of the last two is
     `steps` steps without the per-run setup and evaluation. Synthetic data of
@@ -430,7 +441,7 @@ def training_time(device: str, steps: int, population: int) -> list[dict]:
             times = []
             for k in (1, 1, steps + 1):  # the first run only warms up (allocator, thread pools, caches)
                 cfg = preset("paper", rule=rule, device=device, epochs=k / (n // 50), evals_per_epoch=1e-9,
-                             snapshot_epochs=())
+                             snapshot_epochs=(), **(sizes or {}))
                 if device.startswith("cuda"):
                     torch.cuda.synchronize()
                 t = time.perf_counter()
@@ -459,6 +470,16 @@ def training_table(rows: list[dict]) -> str:
     for p in sorted({r["P"] for r in rows}):
         if ("HAT", p) in by and ("control", p) in by:
             out.append(f"\nFull paper protocol (HAT + control) at P = {p}: {by[('HAT', p)] + by[('control', p)]:.2f} h")
+    return "\n".join(out)
+
+
+def overhead_table(rows: list[dict]) -> str:
+    """Per-step overhead: the step time of a learner too small to compute anything (OVERHEAD_SIZES)."""
+    out = [f"Per-step overhead of the trainer (learner {'-'.join(map(str, OVERHEAD_SIZES['widths']))}, M 3-2-1: "
+           "the arithmetic is negligible, what is left is Python, launches and bookkeeping):", "",
+           "| arm | P (seeds batched) | ms per step (all P) | ms per step per run |", "| --- | --- | --- | --- |"]
+    for r in rows:
+        out.append(f"| {r['arm']} | {r['P']} | {r['ms_step']:.2f} | {r['ms_step'] / r['P']:.2f} |")
     return "\n".join(out)
 
 

@@ -122,6 +122,21 @@ def test_fused_partial_requires_grad_and_no_grad(entry, act):
 
 
 @pytest.mark.parametrize("entry", ["delta", "drive"])
+@pytest.mark.parametrize("act", ["relu", "tanh"])
+@pytest.mark.parametrize("inputs", [("pre", "w", "post"), ("w", "post"), ("pre", "w")], ids=lambda x: "-".join(x))
+def test_fused_per_sample_loop_equals_broadcast(monkeypatch, entry, act, inputs):
+    """Large layers build the pre-activations one sample at a time, small ones for the whole block
+    at once (LOOP_MIN_ELEMS): the same arithmetic, so identical values and gradients, both = dense."""
+    form, pre, w, post, g = make_case(5, 7, 6, 4, act, inputs, seed=7)
+    ref = value_and_grads(entry, "dense", form, pre, w, post, g)
+    broadcast = value_and_grads(entry, "fused", form, pre, w, post, g, budget=4096)
+    monkeypatch.setattr(fused, "LOOP_MIN_ELEMS", 0)
+    loop = value_and_grads(entry, "fused", form, pre, w, post, g, budget=4096)
+    assert_same(ref, loop, TIGHT)
+    assert_same(loop, broadcast, dict(rtol=0, atol=0))
+
+
+@pytest.mark.parametrize("entry", ["delta", "drive"])
 def test_fused_float32_matches_dense(entry):
     form, pre, w, post, g = make_case(6, 9, 11, 8, "relu", ("pre", "w", "post"), dtype=torch.float32)
     ref = value_and_grads(entry, "dense", form, pre, w, post, g)

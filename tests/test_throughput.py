@@ -33,3 +33,16 @@ def test_training_time_projection_is_consistent():
         assert r["s_epoch"] == r["ms_step"] / 1e3 / r["P"] * throughput.PAPER_STEPS_PER_EPOCH
         assert abs(r["protocol_h"] - r["s_epoch"] * 20 * 100 / 3600) < 1e-9
     assert by[("HAT", 1)]["ms_step"] > by[("control", 1)]["ms_step"]  # the rule costs something
+
+
+def test_overhead_rows_use_the_tiny_learner(monkeypatch):
+    from hat import trainer
+
+    seen = []
+    real = trainer.train
+    monkeypatch.setattr(trainer, "train", lambda cfg, **kw: seen.append(cfg.widths) or real(cfg, **kw))
+    rows = throughput.training_time("cpu", steps=2, population=1, sizes=throughput.OVERHEAD_SIZES)
+    assert seen and set(seen) == {throughput.OVERHEAD_SIZES["widths"]}
+    text = throughput.overhead_table(rows)
+    assert text.count("\n| HAT |") == 1 and text.count("\n| control |") == 1
+    assert all(r["ms_step"] > 0 for r in rows)
