@@ -42,27 +42,25 @@ def _mlp_forms(rules):
     return None
 
 
-def population_delta(rules, pre: Tensor, w: Tensor, post: Tensor, grads: list[Tensor] | None) -> Tensor:
-    """(P, O, I): each pair's rule on its own slice of pre (P, B, I), w (P, O, I), post (P, B, O).
+def population_delta(rules, pre: Tensor, w: Tensor, post: Tensor, grad: Tensor | None) -> Tensor:
+    """(P, O, I): each pair's rule on its own slice of pre (P, B, I), w (P, O, I), post (P, B, O), grad (P, O, I).
 
     Meta-learner rules of one shape go through `kernels.mlp_population_delta` (one kernel
     launch for all P on the triton backend); any other rule is called once per pair.
     """
     forms = _mlp_forms(rules)
     if forms is not None:
-        g = None if grads is None else torch.stack(grads)  # (P, O, I)
-        return kernels.mlp_population_delta(pre, w, post, g, forms, rules[0].memory_budget)
-    return torch.stack([r.delta(pre[p], w[p], post[p], None if grads is None else grads[p])
+        return kernels.mlp_population_delta(pre, w, post, grad, forms, rules[0].memory_budget)
+    return torch.stack([r.delta(pre[p], w[p], post[p], None if grad is None else grad[p])
                         for p, r in enumerate(rules)])
 
 
-def population_drive(rules, pre, w, post, grads) -> Tensor:
+def population_drive(rules, pre, w, post, grad) -> Tensor:
     """(P, B, O): each pair's per-sample drive (one launch for meta-learner rules on triton)."""
     forms = _mlp_forms(rules)
     if forms is not None:
-        g = None if grads is None else torch.stack(grads)  # (P, O, I)
-        return kernels.mlp_population_drive(pre, w, post, g, forms, rules[0].memory_budget)
-    return torch.stack([r.per_sample_drive(pre[p], w[p], post[p], None if grads is None else grads[p])
+        return kernels.mlp_population_drive(pre, w, post, grad, forms, rules[0].memory_budget)
+    return torch.stack([r.per_sample_drive(pre[p], w[p], post[p], None if grad is None else grad[p])
                         for p, r in enumerate(rules)])
 
 
@@ -70,14 +68,24 @@ def _act(learner: Learner, layer: int, logit_relu: bool):
     return learner.layer_act(layer, logit_relu)
 
 
-def population_forward(learners: list[Learner], rules, x: Tensor, cfg: TrainConfig, grads):
-    """Training forward pass of P pairs; x (P, B, I). Returns logits (P, B, C) and W' per layer (P, O, I)."""
+def layer_params(learners: list[Learner]) -> list[tuple[list[Tensor], list[Tensor]]]:
+    """Per layer, the P learners' weight and bias tensors (indexing ParameterLists every step is slow)."""
+    return [([lr.weights[k] for lr in learners], [lr.biases[k] for lr in learners]) for k in range(learners[0].n_layers)]
+
+
+def population_forward(learners: list[Learner], rules, x: Tensor, cfg: TrainConfig, grads: list[Tensor],
+                       layers: list | None = None):
+    """Training forward pass of P pairs; x (P, B, I), grads[layer] (P, O, I) the last |gradient|;
+    `layers`: `layer_params(learners)`, when the caller keeps it.
+
+    Returns logits (P, B, C) and W' per layer (P, O, I)."""
+    layers = layers or layer_params(learners)
     v = x
     new_ws = []
     local = set(range(learners[0].n_layers)) if cfg.local_layers is None else set(cfg.local_layers)
     for layer in range(learners[0].n_layers):
-        w = torch.stack([lr.weights[layer] for lr in learners])  # (P, O, I)
-        b = torch.stack([lr.biases[layer] for lr in learners])[:, None, :]  # (P, 1, O)
+        w = torch.stack(layers[layer][0])  # (P, O, I)
+        b = torch.stack(layers[layer][1])[:, None, :]  # (P, 1, O)
         act = _act(learners[0], layer, cfg.logit_relu)
         z = torch.baddbmm(b, v, w.transpose(1, 2))  # (P, B, I) @ (P, I, O) -> (P, B, O)
         if rules is None or layer not in local:
@@ -86,7 +94,7 @@ def population_forward(learners: list[Learner], rules, x: Tensor, cfg: TrainConf
             continue
         v_hat = act(z)
         pre, ww, post = (v.detach(), w.detach(), v_hat.detach()) if cfg.detach_rule_inputs else (v, w, v_hat)
-        g = [gr[layer] for gr in grads] if rules[0].uses_grad else None
+        g = grads[layer] if rules[0].uses_grad else None
         d = population_delta(rules, pre, ww, post, g)  # (P, O, I)
         w_new = w + cfg.rate * d
         if cfg.per_sample:
@@ -129,8 +137,14 @@ def train_population(cfg: TrainConfig, seeds: list[int], data: hat_data.Data | N
         for m in r.modules():
             if hasattr(m, "memory_budget"):
                 m.memory_budget = cfg.memory_budget_mb * 2**20
-    opts_l = [_make_optimizer(cfg.optimizer, lr.parameters(), cfg.lr) for lr in learners]
-    opts_m = [_make_optimizer(cfg.rule_optimizer, r.parameters(), cfg.rule_lr) for r in rules] if rules else [None] * P
+    # One optimizer over every pair's parameters: its state is per tensor, so it steps each pair as
+    # that pair's own optimizer would; a pair that does not step this time has its gradients cleared.
+    # Multi-tensor (foreach) updates: the same arithmetic per element, a few ops for all P pairs.
+    opt_l = _make_optimizer(cfg.optimizer, [q for lr in learners for q in lr.parameters()], cfg.lr, foreach=True)
+    opt_m = (_make_optimizer(cfg.rule_optimizer, [q for r in rules for q in r.parameters()], cfg.rule_lr, foreach=True)
+             if rules else None)
+    layers = layer_params(learners)
+    pair_params = [list(learners[p].parameters()) + (list(rules[p].parameters()) if rules else []) for p in range(P)]
 
     n = len(x_train)
     steps_per_epoch = n // cfg.batch_size
@@ -145,7 +159,7 @@ def train_population(cfg: TrainConfig, seeds: list[int], data: hat_data.Data | N
         raise ValueError(f"label_mode must be 'subset' or 'batch', got {cfg.label_mode!r}")
     labels = ([hat_data.label_mask(n, cfg.label_fraction, c.seed, device) for c in cfgs]
               if cfg.label_mode == "subset" else None)
-    grads = [[torch.zeros_like(w) for w in lr.weights] for lr in learners]
+    grads = [torch.zeros((P, *w.shape), device=device) for w in learners[0].weights]  # per layer (P, O, I): |grad|
 
     runs = [None] * P
     if tracker is not None:
@@ -212,49 +226,51 @@ def train_population(cfg: TrainConfig, seeds: list[int], data: hat_data.Data | N
                 for r in rules:
                     if hasattr(r, "set_epoch"):
                         r.set_epoch(step / steps_per_epoch)
-            has = mask.any(1).tolist()
-            logits, new_ws = population_forward(learners, rules, xb, cfg, grads)
-            losses = []
+            has = mask.any(1)  # (P,)
+            logits, new_ws = population_forward(learners, rules, xb, cfg, grads, layers)
+            per = F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none").view(mask.shape)  # (P, B)
+            losses = torch.where(mask, per, 0.0).sum(1) / mask.sum(1).clamp_min(1)  # (P,) mean over labeled
+            finite = torch.isfinite(losses)
+            has_l, finite_l = torch.stack([has, finite]).tolist()  # the step's one host sync
             for p in range(P):
-                if alive[p] and has[p]:
-                    loss = F.cross_entropy(logits[p][mask[p]], yb[p][mask[p]])
-                    if not torch.isfinite(loss):
-                        fail(p, f"non-finite training loss ({loss.item()}) at step {step}")
-                    else:
-                        losses.append(loss)
-                        loss_sum[p] += loss.detach()
-                        loss_n[p] += 1
-            stepping = [p for p in range(P) if alive[p] and has[p]]
-            for p in stepping:
-                for opt in (opts_l[p], opts_m[p]):
-                    if opt:
-                        opt.zero_grad(set_to_none=True)
-            if losses:
-                torch.stack(losses).sum().backward()
+                if alive[p] and has_l[p] and not finite_l[p]:
+                    fail(p, f"non-finite training loss ({losses[p].item()}) at step {step}")
+            stepping = [alive[p] and has_l[p] for p in range(P)]
+            steps_mask = torch.tensor(stepping, device=device)  # (P,)
+            for opt in (opt_l, opt_m):
+                if opt:
+                    opt.zero_grad(set_to_none=True)
+            if any(stepping):
+                losses[steps_mask].sum().backward()
+                loss_sum += torch.where(steps_mask, losses.detach(), 0.0)
             with torch.no_grad():
+                live = [p for p in range(P) if alive[p]]
+                local, g = [], []
+                for layer in range(n_layers):
+                    ws = layers[layer][0]
+                    w_new = new_ws[layer].detach()  # (P, O, I)
+                    local.append(w_new - torch.stack(ws))  # (P, O, I)
+                    g.append(torch.stack([w.grad if w.grad is not None else torch.zeros_like(w) for w in ws]))
+                    grads[layer] = torch.where(steps_mask[:, None, None], g[-1].abs(), grads[layer])
+                    if live:
+                        torch._foreach_copy_([ws[p] for p in live], [w_new[p] for p in live])
                 for p in range(P):
-                    if not alive[p]:
-                        continue
-                    persisted = []
-                    for layer, w in enumerate(learners[p].weights):
-                        local = new_ws[layer][p] - w  # (O, I)
-                        if has[p]:
-                            g = w.grad if w.grad is not None else torch.zeros_like(w)
-                            grads[p][layer] = g.abs()
-                            persisted.append((local, g, None))
-                        w.copy_(new_ws[layer][p])
-                        if has[p]:
-                            persisted[-1] = (local, g, w.detach().clone())
-                    if not has[p]:
-                        continue
-                    for opt in (opts_l[p], opts_m[p]):
-                        if opt:
-                            opt.step()
-                    for layer, (local, g, before) in enumerate(persisted):
-                        update = learners[p].weights[layer] - before
-                        cos = (local * -g).sum() / (local.norm() * g.norm()).clamp_min(1e-30)
-                        diag[p, layer] += torch.stack([local.norm(), update.norm(), cos])
-                    diag_n[p] += 1
+                    if not stepping[p]:  # no step for this pair: drop the zeros its slice received
+                        for q in pair_params[p]:
+                            q.grad = None
+                for opt in (opt_l, opt_m):
+                    if opt and any(stepping):
+                        opt.step()
+                for layer in range(n_layers):
+                    update = torch.stack(layers[layer][0]) - new_ws[layer].detach()  # (P, O, I)
+                    dot = (local[layer] * -g[layer]).sum((1, 2))  # (P,)
+                    cos = dot / (local[layer].norm(dim=(1, 2)) * g[layer].norm(dim=(1, 2))).clamp_min(1e-30)
+                    stats = torch.stack([local[layer].norm(dim=(1, 2)), update.norm(dim=(1, 2)), cos], 1)  # (P, 3)
+                    diag[:, layer] += torch.where(steps_mask[:, None], stats, 0.0)
+                for p in range(P):
+                    if stepping[p]:
+                        diag_n[p] += 1
+                        loss_n[p] += 1
             done = step + 1
             if bar is not None:
                 bar.update(1)

@@ -138,14 +138,15 @@ def accuracy(learner: Learner, x: Tensor, y: Tensor, batch: int = 5000) -> float
     return 100.0 * correct / max(1, len(x))
 
 
-def _make_optimizer(name: str, params, lr: float):
+def _make_optimizer(name: str, params, lr: float, foreach: bool | None = None):
+    """`foreach`: torch's multi-tensor implementation (None: torch's default, multi-tensor on CUDA)."""
     params = [p for p in params if p.requires_grad]
     if not params:
         return None
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr)
+        return torch.optim.Adam(params, lr=lr, foreach=foreach)
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr)
+        return torch.optim.SGD(params, lr=lr, foreach=foreach)
     raise ValueError(f"unknown optimizer {name!r}; known: adam, sgd")
 
 

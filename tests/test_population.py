@@ -43,7 +43,11 @@ def _close(single, batched, loss_rtol=1e-4, acc_atol=1.01):
     dict(rule="mlp", rate=1e-2, per_sample=True, optimizer="sgd", lr=0.1),
     dict(rule="oja", rate=1e-2, label_fraction=0.3, label_mode="batch"),
     dict(rule="converged", rate=1e-3, label_fraction=0.1),
-], ids=["control", "hebb", "mlp", "mlp-per-sample", "oja-batch-labels", "converged-subset-labels"])
+    # pairs skip steps at different times (unlabeled batches) while sharing one Adam; M reads |grad|
+    dict(rule="mlp", rate=1e-2, rule_lr=1e-2, label_fraction=0.5, label_mode="batch",
+         mlp={"inputs": ["pre", "w", "post", "grad"], "hidden": 3, "act": "tanh"}),
+], ids=["control", "hebb", "mlp", "mlp-per-sample", "oja-batch-labels", "converged-subset-labels",
+        "mlp-grad-batch-labels"])
 def test_population_equals_single_runs(toy_data, overrides):
     cfg = _cfg(**overrides)
     batched = train_population(cfg, SEEDS, data=toy_data, progress=False)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from studies import throughput
 
 
@@ -30,8 +32,8 @@ def test_training_time_projection_is_consistent():
     by = {(r["arm"], r["P"]): r for r in rows}
     assert set(by) == {("HAT", 1), ("HAT", 2), ("control", 1), ("control", 2)}
     for r in rows:  # seconds per epoch of one run = step time of all P / P * steps per epoch
-        assert r["s_epoch"] == r["ms_step"] / 1e3 / r["P"] * throughput.PAPER_STEPS_PER_EPOCH
-        assert abs(r["protocol_h"] - r["s_epoch"] * 20 * 100 / 3600) < 1e-9
+        assert r["s_epoch"] == pytest.approx(r["ms_step"] / 1e3 / r["P"] * throughput.PAPER_STEPS_PER_EPOCH, rel=1e-12)
+        assert r["protocol_h"] == pytest.approx(r["s_epoch"] * 20 * 100 / 3600, rel=1e-12)
     assert by[("HAT", 1)]["ms_step"] > by[("control", 1)]["ms_step"]  # the rule costs something
 
 
