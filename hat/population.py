@@ -4,11 +4,15 @@ The P learners' weights are stacked at every step, (P, O, I), so each layer of
 all P learners is one batched matmul (`baddbmm`) forward and backward; the
 rule's update goes through `population_delta`: meta-learner rules of one shape
 are one kernel launch for all P pairs on the triton backend (CUDA), one call per
-pair on the CPU backends; other rules are called per pair. Each pair
-keeps its own leaf parameters, optimizer, rule, data order, label mask and
-divergence state, so pair p follows exactly the recipe of `train()` with seed
-p: its results equal a single run's up to float rounding of the batched
-matmuls (tested at atol 1e-4 on accuracies' inputs; see tests/test_population.py).
+pair on the CPU backends; other rules are called per pair. The loss of all pairs
+is one cross-entropy, the step has one host sync (which pairs have labels and a
+finite loss), and one multi-tensor optimizer updates every pair's parameters
+(its state is per tensor; a pair that does not step has its gradients cleared
+first). Each pair keeps its own leaf parameters, optimizer state, rule, data
+order, label mask and divergence state, so pair p follows exactly the recipe of
+`train()` with seed p: its results equal a single run's up to float rounding of
+the batched matmuls (tested at atol 1e-4 on accuracies' inputs; see
+tests/test_population.py).
 
 Use: `train_population(cfg, seeds, data)` -> one `RunResult` per seed.
 """
