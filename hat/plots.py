@@ -14,6 +14,15 @@ def _plt():
     return plt
 
 
+def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
+    """Lay out, write and close `fig`; the path written."""
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=dpi)
+    _plt().close(fig)
+    return path
+
+
 def plot_run_curve(curve: list[dict], path: str | Path, title: str) -> Path:
     """Validation/test accuracy and training loss of one run against epochs."""
     plt = _plt()
@@ -28,11 +37,7 @@ def plot_run_curve(curve: list[dict], path: str | Path, title: str) -> Path:
     ax2.set_xlabel("epoch")
     ax2.set_ylabel("training loss")
     fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def plot_curves_ci(curves: dict[str, list[list[dict]]], path: str | Path, title: str, key: str = "val_acc",
@@ -64,11 +69,7 @@ def plot_curves_ci(curves: dict[str, list[list[dict]]], path: str | Path, title:
     ax.set_ylabel(key.replace("_", " ") + " (%)")
     ax.set_title(title)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_paired_differences(diffs: dict[str, np.ndarray], path: str | Path, title: str) -> Path:  # noqa: F821
@@ -86,8 +87,4 @@ def plot_paired_differences(diffs: dict[str, np.ndarray], path: str | Path, titl
     ax.set_xticks(range(len(diffs)), list(diffs), rotation=30, ha="right")
     ax.set_ylabel("test acc − control (points)")
     ax.set_title(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

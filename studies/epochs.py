@@ -90,7 +90,7 @@ def time_to_target_table(results: dict, arms: list[str], seeds: list[int]) -> tu
 
 
 def plot_difference(curves: dict, path, title: str):
-    from hat.plots import _plt
+    from hat.plots import _plt, save_figure
 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 4))
@@ -104,10 +104,7 @@ def plot_difference(curves: dict, path, title: str):
     ax.set_ylabel("paired Δ validation accuracy (points)")
     ax.set_title(title)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -66,7 +66,7 @@ def needs_verdict(thetas, comps) -> str:
 
 
 def plot_theta(results, thetas, seeds, path, title):
-    from hat.plots import _plt
+    from hat.plots import _plt, save_figure
 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -85,10 +85,7 @@ def plot_theta(results, thetas, seeds, path, title):
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

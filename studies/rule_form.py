@@ -257,7 +257,7 @@ def write_csvs(out: Path, a: dict, names: list[str]) -> list[Path]:
 
 def plot_partial_dependence(fns: list[ra.RuleFn], X: np.ndarray, path: Path, title: str) -> Path:
     """One panel per input: every M_i (thin), the mean rule with a 95% t-band across the M_i, 2·v_j dashed."""
-    from hat.plots import _plt
+    from hat.plots import _plt, save_figure
 
     plt = _plt()
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
@@ -278,14 +278,11 @@ def plot_partial_dependence(fns: list[ra.RuleFn], X: np.ndarray, path: Path, tit
         ax.set_ylabel("mean M output")
     axes[0].legend(fontsize=7)
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_heatmap(fn: ra.RuleFn, X: np.ndarray, path: Path, title: str) -> Path:
-    from hat.plots import _plt
+    from hat.plots import _plt, save_figure
 
     plt = _plt()
     gi, gj = ra.quantile_grid(X, "vi", GRID), ra.quantile_grid(X, "vj", GRID)
@@ -296,14 +293,11 @@ def plot_heatmap(fn: ra.RuleFn, X: np.ndarray, path: Path, title: str) -> Path:
     ax.set_xlabel("v_i (pre)")
     ax.set_ylabel("v_j (post)")
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_r2(a: dict, path: Path, title: str) -> Path:
-    from hat.plots import _plt
+    from hat.plots import _plt, save_figure
 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 4))
@@ -319,10 +313,7 @@ def plot_r2(a: dict, path: Path, title: str) -> Path:
     ax.set_ylim(min(0.0, np.nanmin(a["r2_mean"]) if np.isfinite(a["r2_mean"]).any() else 0.0), 1.02)
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 # ---------------------------------------------------------------- main

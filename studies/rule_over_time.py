@@ -273,7 +273,7 @@ def best_snapshot(results: dict, tuned: dict, times, seeds: list[int]) -> tuple[
 
 def plot_benefit(times, b: np.ndarray, replay: np.ndarray, path, title: str):
     """Mean paired difference snap@t - control (95% t-CI) against t, with the replay's as a band."""
-    from hat.plots import _plt
+    from hat.plots import _plt, save_figure
 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 4))
@@ -291,15 +291,12 @@ def plot_benefit(times, b: np.ndarray, replay: np.ndarray, path, title: str):
     ax.set_ylabel("paired Δ test accuracy (points)")
     ax.set_title(title)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_distances(dist: dict, cp: dict | None, path, title: str):
     """Left: distance between consecutive snapshots against t; right: distance to the final snapshot."""
-    from hat.plots import _plt
+    from hat.plots import _plt, save_figure
 
     plt = _plt()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
@@ -319,10 +316,7 @@ def plot_distances(dist: dict, cp: dict | None, path, title: str):
         ax.set_ylabel(lab)
         ax.legend(fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def mean_distance_curves(dist: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -168,7 +168,7 @@ def distance_table(rows: list[dict], D: np.ndarray, labels: list[str], problems:
 
 
 def plot_distances(D: np.ndarray, labels: list[str], path, title: str):
-    from hat.plots import _plt
+    from hat.plots import _plt, save_figure
 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 4.6))
@@ -181,10 +181,7 @@ def plot_distances(D: np.ndarray, labels: list[str], path, title: str):
         ax.axhline(b, color="w", linewidth=1)
         ax.axvline(b, color="w", linewidth=1)
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 # ---------------------------------------------------------------- phase 2
