@@ -31,7 +31,7 @@ from hat import data as hat_data
 from hat import kernels
 from hat.config import TrainConfig
 from hat.device import pick_device
-from hat.trainer import Learner, RunResult, _make_optimizer, _save_snapshot, _snapshot_steps, build_rule, splits
+from hat.trainer import Learner, RunResult, _make_optimizer, _save_snapshot, build_rule, splits, step_plan
 
 
 def _mlp_forms(rules):
@@ -151,12 +151,7 @@ def train_population(cfg: TrainConfig, seeds: list[int], data: hat_data.Data | N
     pair_params = [list(learners[p].parameters()) + (list(rules[p].parameters()) if rules else []) for p in range(P)]
 
     n = len(x_train)
-    steps_per_epoch = n // cfg.batch_size
-    if steps_per_epoch < 1:
-        raise ValueError(f"batch size {cfg.batch_size} exceeds the {n} training examples")
-    total = max(1, round(cfg.epochs * steps_per_epoch))
-    eval_every = max(1, round(steps_per_epoch / cfg.evals_per_epoch))
-    snap_at = _snapshot_steps(cfg, steps_per_epoch, total)
+    steps_per_epoch, total, eval_every, snap_at = step_plan(cfg, n)
     order_gens = [torch.Generator().manual_seed(c.seed + 1_000_003) for c in cfgs]
     batch_gens = [torch.Generator().manual_seed(c.seed + 2_000_003) for c in cfgs]
     if cfg.label_mode not in ("subset", "batch"):

@@ -25,6 +25,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -154,6 +155,24 @@ def _snapshot_steps(cfg: TrainConfig, steps_per_epoch: int, total: int) -> dict[
     return {min(total, max(1, round(e * steps_per_epoch))): float(e) for e in cfg.snapshot_epochs if e * steps_per_epoch <= total + 0.5}
 
 
+class StepPlan(NamedTuple):
+    """When a run of `cfg` on n training examples steps, evaluates and saves snapshots."""
+
+    steps_per_epoch: int
+    total: int  # training steps of the run
+    eval_every: int  # steps between evaluations (and at the last step)
+    snap_at: dict[int, float]  # step -> epoch of each snapshot
+
+
+def step_plan(cfg: TrainConfig, n: int) -> StepPlan:
+    steps_per_epoch = n // cfg.batch_size
+    if steps_per_epoch < 1:
+        raise ValueError(f"batch size {cfg.batch_size} exceeds the {n} training examples")
+    total = max(1, round(cfg.epochs * steps_per_epoch))
+    return StepPlan(steps_per_epoch, total, max(1, round(steps_per_epoch / cfg.evals_per_epoch)),
+                    _snapshot_steps(cfg, steps_per_epoch, total))
+
+
 def splits(cfg: TrainConfig, data: hat_data.Data):
     """(x_train, y_train, x_val, y_val, x_test, y_test) cut to cfg.train_limit / cfg.eval_limit."""
     n, m = cfg.train_limit or None, cfg.eval_limit or None
@@ -192,12 +211,7 @@ def train(cfg: TrainConfig, data: hat_data.Data | None = None, tracker=None, par
     opt_m = _make_optimizer(cfg.rule_optimizer, rule.parameters(), cfg.rule_lr) if rule is not None else None
 
     n = len(x_train)
-    steps_per_epoch = n // cfg.batch_size
-    if steps_per_epoch < 1:
-        raise ValueError(f"batch size {cfg.batch_size} exceeds the {n} training examples")
-    total = max(1, round(cfg.epochs * steps_per_epoch))
-    eval_every = max(1, round(steps_per_epoch / cfg.evals_per_epoch))
-    snap_at = _snapshot_steps(cfg, steps_per_epoch, total)
+    steps_per_epoch, total, eval_every, snap_at = step_plan(cfg, n)
     order_gen = torch.Generator().manual_seed(cfg.seed + 1_000_003)
     labels = hat_data.label_mask(n, cfg.label_fraction, cfg.seed, device) if cfg.label_mode == "subset" else None
     if cfg.label_mode not in ("subset", "batch"):

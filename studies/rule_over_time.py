@@ -92,9 +92,10 @@ def merge_same_step(times, steps_per_epoch: int, total: int) -> tuple[tuple[floa
 
 def run_length(cfg, data) -> tuple[int, int]:
     """(steps per epoch, total steps) of a run of `cfg` on `data`, as the trainer computes them."""
-    n = len(data.x_train) if not cfg.train_limit else min(cfg.train_limit, len(data.x_train))
-    spe = max(1, n // cfg.batch_size)
-    return spe, max(1, round(cfg.epochs * spe))
+    from hat.trainer import splits, step_plan
+
+    plan = step_plan(cfg, len(splits(cfg, data)[0]))
+    return plan.steps_per_epoch, plan.total
 
 
 # ---------------------------------------------------------------- phase 1
