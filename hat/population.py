@@ -52,19 +52,20 @@ def population_delta(rules, pre: Tensor, w: Tensor, post: Tensor, grad: Tensor |
     Meta-learner rules of one shape go through `kernels.mlp_population_delta` (one kernel
     launch for all P on the triton backend); any other rule is called once per pair.
     """
-    forms = _mlp_forms(rules)
-    if forms is not None:
-        return kernels.mlp_population_delta(pre, w, post, grad, forms, rules[0].memory_budget)
-    return torch.stack([r.delta(pre[p], w[p], post[p], None if grad is None else grad[p])
-                        for p, r in enumerate(rules)])
+    return _per_pair(rules, "delta", pre, w, post, grad)
 
 
 def population_drive(rules, pre, w, post, grad) -> Tensor:
     """(P, B, O): each pair's per-sample drive (one launch for meta-learner rules on triton)."""
+    return _per_pair(rules, "per_sample_drive", pre, w, post, grad)
+
+
+def _per_pair(rules, method: str, pre, w, post, grad) -> Tensor:
     forms = _mlp_forms(rules)
     if forms is not None:
-        return kernels.mlp_population_drive(pre, w, post, grad, forms, rules[0].memory_budget)
-    return torch.stack([r.per_sample_drive(pre[p], w[p], post[p], None if grad is None else grad[p])
+        batched = kernels.mlp_population_delta if method == "delta" else kernels.mlp_population_drive
+        return batched(pre, w, post, grad, forms, rules[0].memory_budget)
+    return torch.stack([getattr(r, method)(pre[p], w[p], post[p], None if grad is None else grad[p])
                         for p, r in enumerate(rules)])
 
 

@@ -95,21 +95,26 @@ def choose_backend(pre: Tensor) -> str:
     return "fused"
 
 
+def _backend_module(backend: str):
+    """The module of a kernel backend (imported on first use)."""
+    if backend == "fused":
+        from hat.kernels import fused
+
+        return fused
+    if backend == "triton":
+        from hat.kernels import triton_mlp
+
+        return triton_mlp
+    raise ValueError(f"unknown backend {backend!r}")
+
+
 def mlp_delta(pre: Tensor, w: Tensor, post: Tensor, grad: Tensor | None, form: MLPForm,
               budget: int = 256 * 2**20, backend: str | None = None) -> Tensor:
     """(O, I) batch-mean update of the MLP rule."""
     backend = backend or choose_backend(pre)
     if backend == "chunked":
         return elementwise.chunked_delta(form.pointwise, pre, w, post, grad, budget, form.hidden)
-    if backend == "fused":
-        from hat.kernels import fused
-
-        return fused.delta(pre, w, post, grad, form, budget)
-    if backend == "triton":
-        from hat.kernels import triton_mlp
-
-        return triton_mlp.delta(pre, w, post, grad, form, budget)
-    raise ValueError(f"unknown backend {backend!r}")
+    return _backend_module(backend).delta(pre, w, post, grad, form, budget)
 
 
 def mlp_per_sample_drive(pre: Tensor, w: Tensor, post: Tensor, grad: Tensor | None, form: MLPForm,
@@ -118,15 +123,7 @@ def mlp_per_sample_drive(pre: Tensor, w: Tensor, post: Tensor, grad: Tensor | No
     backend = backend or choose_backend(pre)
     if backend == "chunked":
         return elementwise.chunked_per_sample_drive(form.pointwise, pre, w, post, grad, budget, form.hidden)
-    if backend == "fused":
-        from hat.kernels import fused
-
-        return fused.per_sample_drive(pre, w, post, grad, form, budget)
-    if backend == "triton":
-        from hat.kernels import triton_mlp
-
-        return triton_mlp.per_sample_drive(pre, w, post, grad, form, budget)
-    raise ValueError(f"unknown backend {backend!r}")
+    return _backend_module(backend).per_sample_drive(pre, w, post, grad, form, budget)
 
 
 def mlp_population_delta(pre: Tensor, w: Tensor, post: Tensor, grad: Tensor | None, forms: list[MLPForm],
@@ -136,22 +133,19 @@ def mlp_population_delta(pre: Tensor, w: Tensor, post: Tensor, grad: Tensor | No
     On the triton backend all P pairs are one kernel launch (forward and backward); the
     forms must then share act, inputs and hidden width. Elsewhere one call per pair.
     """
-    backend = backend or choose_backend(pre)
-    if backend == "triton":
-        from hat.kernels import triton_mlp
-
-        return triton_mlp.population_delta(pre, w, post, grad, forms)
-    return torch.stack([mlp_delta(pre[p], w[p], post[p], None if grad is None else grad[p], f, budget, backend)
-                        for p, f in enumerate(forms)])  # (P, O, I)
+    return _population(mlp_delta, "population_delta", pre, w, post, grad, forms, budget, backend)  # (P, O, I)
 
 
 def mlp_population_drive(pre: Tensor, w: Tensor, post: Tensor, grad: Tensor | None, forms: list[MLPForm],
                          budget: int = 256 * 2**20, backend: str | None = None) -> Tensor:
     """(P, B, O): the per-sample drive of every pair; one launch on the triton backend."""
+    return _population(mlp_per_sample_drive, "population_drive", pre, w, post, grad, forms, budget, backend)
+
+
+def _population(single, launch: str, pre, w, post, grad, forms, budget, backend) -> Tensor:
+    """triton_mlp.<launch> for all pairs at once on the triton backend, else `single` per pair, stacked."""
     backend = backend or choose_backend(pre)
     if backend == "triton":
-        from hat.kernels import triton_mlp
-
-        return triton_mlp.population_drive(pre, w, post, grad, forms)
-    return torch.stack([mlp_per_sample_drive(pre[p], w[p], post[p], None if grad is None else grad[p], f, budget,
-                                             backend) for p, f in enumerate(forms)])  # (P, B, O)
+        return getattr(_backend_module(backend), launch)(pre, w, post, grad, forms)
+    return torch.stack([single(pre[p], w[p], post[p], None if grad is None else grad[p], f, budget, backend)
+                        for p, f in enumerate(forms)])
