@@ -104,18 +104,10 @@ def _act_and_deriv(z, ACT: tl.constexpr):
 
 
 @triton.jit
-def _delta_fwd_kernel(pre_ptr, w_ptr, post_ptr, g_ptr, coef_ptr, out_ptr, B, OUT, IN, H, inv_b,
-                      HAS_PRE: tl.constexpr, HAS_W: tl.constexpr, HAS_POST: tl.constexpr, HAS_GRAD: tl.constexpr,
-                      ACT: tl.constexpr, BO: tl.constexpr, BI: tl.constexpr):
-    pid_o = tl.program_id(0)
-    pid_i = tl.program_id(1)
-    pid_p = tl.program_id(2)  # the pair of the population
-    pre_ptr += pid_p * B * IN
-    post_ptr += pid_p * B * OUT
-    coef_ptr += pid_p * (6 * H + 1)
-    out_ptr += pid_p * OUT * IN
-    offs_o = pid_o * BO + tl.arange(0, BO)
-    offs_i = pid_i * BI + tl.arange(0, BI)
+def _tile(w_ptr, g_ptr, OUT, IN, HAS_W: tl.constexpr, HAS_GRAD: tl.constexpr, BO: tl.constexpr, BI: tl.constexpr):
+    """This program's (BO, BI) tile of one pair's synapses: offsets, masks, flat index, w and |g| values."""
+    offs_o = tl.program_id(0) * BO + tl.arange(0, BO)
+    offs_i = tl.program_id(1) * BI + tl.arange(0, BI)
     mo = offs_o < OUT
     mi = offs_i < IN
     mask = mo[:, None] & mi[None, :]
@@ -123,17 +115,33 @@ def _delta_fwd_kernel(pre_ptr, w_ptr, post_ptr, g_ptr, coef_ptr, out_ptr, B, OUT
     wt = tl.zeros((BO, BI), dtype=tl.float32)
     gt = tl.zeros((BO, BI), dtype=tl.float32)
     if HAS_W:
-        wt = tl.load(w_ptr + pid_p * OUT * IN + tile, mask=mask, other=0.0).to(tl.float32)
+        wt = tl.load(w_ptr + tile, mask=mask, other=0.0).to(tl.float32)
     if HAS_GRAD:
-        gt = tl.load(g_ptr + pid_p * OUT * IN + tile, mask=mask, other=0.0).to(tl.float32)
+        gt = tl.load(g_ptr + tile, mask=mask, other=0.0).to(tl.float32)
+    return offs_o, offs_i, mo, mi, mask, tile, wt, gt
+
+
+@triton.jit
+def _coefs(coef_ptr, H, h):
+    """Hidden unit h's coefficients a, c, e, f (columns of W1 for pre, w, post, grad), b1 and w2."""
+    return (tl.load(coef_ptr + 0 * H + h), tl.load(coef_ptr + 1 * H + h), tl.load(coef_ptr + 2 * H + h),
+            tl.load(coef_ptr + 3 * H + h), tl.load(coef_ptr + 4 * H + h), tl.load(coef_ptr + 5 * H + h))
+
+
+@triton.jit
+def _delta_fwd_kernel(pre_ptr, w_ptr, post_ptr, g_ptr, coef_ptr, out_ptr, B, OUT, IN, H, inv_b,
+                      HAS_PRE: tl.constexpr, HAS_W: tl.constexpr, HAS_POST: tl.constexpr, HAS_GRAD: tl.constexpr,
+                      ACT: tl.constexpr, BO: tl.constexpr, BI: tl.constexpr):
+    pid_p = tl.program_id(2)  # the pair of the population
+    pre_ptr += pid_p * B * IN
+    post_ptr += pid_p * B * OUT
+    coef_ptr += pid_p * (6 * H + 1)
+    out_ptr += pid_p * OUT * IN
+    offs_o, offs_i, mo, mi, mask, tile, wt, gt = _tile(w_ptr + pid_p * OUT * IN, g_ptr + pid_p * OUT * IN, OUT, IN,
+                                                       HAS_W, HAS_GRAD, BO, BI)
     acc = tl.zeros((BO, BI), dtype=tl.float32)
     for h in range(H):
-        a_h = tl.load(coef_ptr + 0 * H + h)
-        c_h = tl.load(coef_ptr + 1 * H + h)
-        e_h = tl.load(coef_ptr + 2 * H + h)
-        f_h = tl.load(coef_ptr + 3 * H + h)
-        b1_h = tl.load(coef_ptr + 4 * H + h)
-        w2_h = tl.load(coef_ptr + 5 * H + h)
+        a_h, c_h, e_h, f_h, b1_h, w2_h = _coefs(coef_ptr, H, h)
         u = c_h * wt + f_h * gt + b1_h
         hs = tl.zeros((BO, BI), dtype=tl.float32)
         for b in range(B):
@@ -154,36 +162,20 @@ def _delta_fwd_kernel(pre_ptr, w_ptr, post_ptr, g_ptr, coef_ptr, out_ptr, B, OUT
 def _drive_fwd_kernel(pre_ptr, w_ptr, post_ptr, g_ptr, coef_ptr, part_ptr, B, OUT, IN, H,
                       HAS_PRE: tl.constexpr, HAS_W: tl.constexpr, HAS_POST: tl.constexpr, HAS_GRAD: tl.constexpr,
                       ACT: tl.constexpr, BO: tl.constexpr, BI: tl.constexpr):
-    pid_o = tl.program_id(0)
     pid_i = tl.program_id(1)
     pid_p = tl.program_id(2)  # the pair of the population
     pre_ptr += pid_p * B * IN
     post_ptr += pid_p * B * OUT
     coef_ptr += pid_p * (6 * H + 1)
     part_ptr += pid_p * tl.num_programs(1) * B * OUT
-    offs_o = pid_o * BO + tl.arange(0, BO)
-    offs_i = pid_i * BI + tl.arange(0, BI)
-    mo = offs_o < OUT
-    mi = offs_i < IN
-    mask = mo[:, None] & mi[None, :]
-    tile = offs_o[:, None] * IN + offs_i[None, :]
-    wt = tl.zeros((BO, BI), dtype=tl.float32)
-    gt = tl.zeros((BO, BI), dtype=tl.float32)
-    if HAS_W:
-        wt = tl.load(w_ptr + pid_p * OUT * IN + tile, mask=mask, other=0.0).to(tl.float32)
-    if HAS_GRAD:
-        gt = tl.load(g_ptr + pid_p * OUT * IN + tile, mask=mask, other=0.0).to(tl.float32)
+    offs_o, offs_i, mo, mi, mask, tile, wt, gt = _tile(w_ptr + pid_p * OUT * IN, g_ptr + pid_p * OUT * IN, OUT, IN,
+                                                       HAS_W, HAS_GRAD, BO, BI)
     for b in range(B):
         p = tl.load(pre_ptr + b * IN + offs_i, mask=mi, other=0.0).to(tl.float32)
         q = tl.load(post_ptr + b * OUT + offs_o, mask=mo, other=0.0).to(tl.float32)
         mt = tl.zeros((BO, BI), dtype=tl.float32)
         for h in range(H):
-            a_h = tl.load(coef_ptr + 0 * H + h)
-            c_h = tl.load(coef_ptr + 1 * H + h)
-            e_h = tl.load(coef_ptr + 2 * H + h)
-            f_h = tl.load(coef_ptr + 3 * H + h)
-            b1_h = tl.load(coef_ptr + 4 * H + h)
-            w2_h = tl.load(coef_ptr + 5 * H + h)
+            a_h, c_h, e_h, f_h, b1_h, w2_h = _coefs(coef_ptr, H, h)
             z = c_h * wt + f_h * gt + b1_h
             if HAS_PRE:
                 z = z + (a_h * p)[None, :]
@@ -215,19 +207,8 @@ def _bwd_kernel(pre_ptr, w_ptr, post_ptr, g_ptr, coef_ptr, up_ptr,
     dpre_part_ptr += pid_p * n_o_tiles * B * IN
     dpost_part_ptr += pid_p * n_i_tiles * B * OUT
     hpart_ptr += pid_p * n_o_tiles * n_i_tiles * 6 * H
-    offs_o = pid_o * BO + tl.arange(0, BO)
-    offs_i = pid_i * BI + tl.arange(0, BI)
     offs_h = tl.arange(0, BH)
-    mo = offs_o < OUT
-    mi = offs_i < IN
-    mask = mo[:, None] & mi[None, :]
-    tile = offs_o[:, None] * IN + offs_i[None, :]
-    wt = tl.zeros((BO, BI), dtype=tl.float32)
-    gt = tl.zeros((BO, BI), dtype=tl.float32)
-    if HAS_W:
-        wt = tl.load(w_ptr + tile, mask=mask, other=0.0).to(tl.float32)
-    if HAS_GRAD:
-        gt = tl.load(g_ptr + tile, mask=mask, other=0.0).to(tl.float32)
+    offs_o, offs_i, mo, mi, mask, tile, wt, gt = _tile(w_ptr, g_ptr, OUT, IN, HAS_W, HAS_GRAD, BO, BI)
     gam = tl.zeros((BO, BI), dtype=tl.float32)
     if not DRIVE:  # upstream G / B, the same for every sample
         gam = tl.load(up_ptr + tile, mask=mask, other=0.0).to(tl.float32)
@@ -250,12 +231,7 @@ def _bwd_kernel(pre_ptr, w_ptr, post_ptr, g_ptr, coef_ptr, up_ptr,
         dpre_b = tl.zeros((BI,), dtype=tl.float32)
         dpost_b = tl.zeros((BO,), dtype=tl.float32)
         for h in range(H):
-            a_h = tl.load(coef_ptr + 0 * H + h)
-            c_h = tl.load(coef_ptr + 1 * H + h)
-            e_h = tl.load(coef_ptr + 2 * H + h)
-            f_h = tl.load(coef_ptr + 3 * H + h)
-            b1_h = tl.load(coef_ptr + 4 * H + h)
-            w2_h = tl.load(coef_ptr + 5 * H + h)
+            a_h, c_h, e_h, f_h, b1_h, w2_h = _coefs(coef_ptr, H, h)
             z = c_h * wt + f_h * gt + b1_h
             if HAS_PRE:
                 z = z + (a_h * p)[None, :]
