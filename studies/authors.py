@@ -41,8 +41,9 @@ import sys
 
 import numpy as np
 
-from studies import common, stats
-from studies.common import Arm, Hypothesis
+from studies import analysis, common, progress, report, stats, tuning
+from studies.analysis import Hypothesis
+from studies.common import Arm
 
 STUDY = "authors"
 SHARE = 0.5  # H-logit-relu: the bug's cost must be at least this share of the gap
@@ -79,7 +80,7 @@ def ablations(base) -> dict[str, tuple[dict, str]]:
 
 
 def build_arms(base) -> list[Arm]:
-    hat = dict(extra_space=dict(common.RULE_LR_SPACE), trainable_rule=True, hypothesis="H-logit-relu")
+    hat = dict(extra_space=dict(tuning.RULE_LR_SPACE), trainable_rule=True, hypothesis="H-logit-relu")
     return ([Arm("control", {"rule": "none", "logit_relu": False}),
              Arm("control+logit_relu", {"rule": "none", "logit_relu": True}, {}, "H-logit-relu"),
              common.rule_arm("authors", "mlp", **hat)] +
@@ -149,19 +150,19 @@ def main(argv: list[str] | None = None) -> int:
     sc = ctx.scale
     seeds = list(range(sc.seeds))
     arms = build_arms(ctx.base)
-    bar = common.progress_bar(common.units_total(sc, len(arms)), STUDY, ctx.progress)
+    bar = progress.progress_bar(progress.units_total(sc, len(arms)), STUDY, ctx.progress)
     tuned, results = common.tune_and_replicate(ctx, arms, seeds, bar)
     bar.close()
     if args.no_report:
         return 0
 
     fam_a, fam_b = family_a(ctx.base), family_b(ctx.base)
-    sections, files, comps_a = common.comparison_sections(ctx, arms, tuned, results, seeds, fam_a)
-    comps_b = common.compare_hypotheses(results, seeds, fam_b, sc.margin, sc.n_boot)
+    sections, files, comps_a = report.comparison_sections(ctx, arms, tuned, results, seeds, fam_a)
+    comps_b = analysis.compare_hypotheses(results, seeds, fam_b, sc.margin, sc.n_boot)
     by_key = {h.key: c for h, c in zip(fam_a, comps_a)}
-    ctl = common.metric_values(results, "control", seeds)
-    gap = stats.paired_differences(common.metric_values(results, "authors", seeds), ctl)[0]
-    cost = stats.paired_differences(common.metric_values(results, "control+logit_relu", seeds), ctl)[0]
+    ctl = analysis.metric_values(results, "control", seeds)
+    gap = stats.paired_differences(analysis.metric_values(results, "authors", seeds), ctl)[0]
+    cost = stats.paired_differences(analysis.metric_values(results, "control+logit_relu", seeds), ctl)[0]
     share, lo, hi = share_of_gap(cost, gap, sc.n_boot, random_state=0)
     verdict = logit_relu_verdict(by_key["A-bug"].verdict, float(gap.mean()), share, hi)
     b = ctx.base
@@ -177,16 +178,16 @@ def main(argv: list[str] | None = None) -> int:
            f"gap = authors − control: {gap.mean():+.2f} points (A-gap: {by_key['A-gap'].verdict}, Holm p = "
            f"{by_key['A-gap'].p_holm:.3g}); cost of the bug = (control+logit_relu) − control: {cost.mean():+.2f} "
            f"points (A-bug: {by_key['A-bug'].verdict}, Holm p = {by_key['A-bug'].p_holm:.3g}); share of the gap "
-           f"= mean(cost) / mean(gap) = {common.fmt(share)} (95% paired bootstrap CI [{common.fmt(lo)}, "
-           f"{common.fmt(hi)}]).", "",
+           f"= mean(cost) / mean(gap) = {report.fmt(share)} (95% paired bootstrap CI [{report.fmt(lo)}, "
+           f"{report.fmt(hi)}]).", "",
            f"- VERDICT H-logit-relu: {verdict.upper()} — the training-only logit ReLU alone accounts for most of the "
            f"gap at near-zero local rate (rate {b.rate:g}; rule: supported if A-bug is supported and the gap is "
            f"negative and cost/gap >= {SHARE:g}; refuted if A-bug is refuted, or the gap is negative and the CI of "
            f"cost/gap lies below {SHARE:g}; otherwise inconclusive, including when there is no gap)", "",
            "### Each option reverted, against the authors' configuration (exploratory, a second Holm family)", "",
-           common.comparison_table(comps_b, fam_b), "", *[f"- {line}" for line in common.verdict_lines(fam_b, comps_b)],
+           analysis.comparison_table(comps_b, fam_b), "", *[f"- {line}" for line in analysis.verdict_lines(fam_b, comps_b)],
            ""]
-    common.finish_report(ctx, "The authors' configuration, ablated", __doc__, setting + sections + rel, files)
+    report.finish_report(ctx, "The authors' configuration, ablated", __doc__, setting + sections + rel, files)
     return 0
 
 

@@ -20,8 +20,8 @@ import sys
 
 import numpy as np
 
-from studies import common, stats
-from studies.common import Hypothesis
+from studies import analysis, common, progress, report, stats, tuning
+from studies.analysis import Hypothesis
 
 STUDY = "epochs"
 LATE_EPOCH = 0.5  # H-late: the benefit should appear at or after this many epochs
@@ -32,7 +32,7 @@ DEFAULTS = {"epochs": 2.0, "evals_per_epoch": 8.0}  # longer and finer-grained t
 def build_arms() -> list[common.Arm]:
     return [
         common.control_arm(),
-        common.rule_arm("hat", "mlp", extra_space=dict(common.RULE_LR_SPACE), trainable_rule=True),
+        common.rule_arm("hat", "mlp", extra_space=dict(tuning.RULE_LR_SPACE), trainable_rule=True),
         common.rule_arm("noise", "noise", {"rms": 1.0}),
     ]
 
@@ -78,8 +78,8 @@ def time_to_target_table(results: dict, arms: list[str], seeds: list[int]) -> tu
         ep, sec = [], []
         for s in seeds:
             r = results[(a, s)]
-            x, y = common._curve_xy(r) if r["status"] == "ok" else (np.array([0.0, 1.0]), np.array([0.0, 0.0]))
-            t = common._curve_xy(r, x="seconds")[0] if r["status"] == "ok" else np.array([0.0, 1.0])
+            x, y = analysis._curve_xy(r) if r["status"] == "ok" else (np.array([0.0, 1.0]), np.array([0.0, 0.0]))
+            t = analysis._curve_xy(r, x="seconds")[0] if r["status"] == "ok" else np.array([0.0, 1.0])
             ep.append(stats.time_to_target(x, y, target))
             sec.append(stats.time_to_target(t, y, target))
         ep, sec = np.array(ep), np.array(sec)
@@ -113,13 +113,13 @@ def main(argv: list[str] | None = None) -> int:
     sc = ctx.scale
     seeds = list(range(sc.seeds))
     arms = build_arms()
-    bar = common.progress_bar(common.units_total(sc, len(arms)), STUDY, ctx.progress)
+    bar = progress.progress_bar(progress.units_total(sc, len(arms)), STUDY, ctx.progress)
     tuned, results = common.tune_and_replicate(ctx, arms, seeds, bar)
     bar.close()
     if args.no_report:
         return 0
     hyps = hypotheses()
-    sections, files, _ = common.comparison_sections(ctx, arms, tuned, results, seeds, hyps)
+    sections, files, _ = report.comparison_sections(ctx, arms, tuned, results, seeds, hyps)
     curves = {a: difference_curve(results, a, seeds) for a in ("hat", "noise")}
     verdict, cross = late_verdict(curves["hat"][0], curves["hat"][2])
     fig = plot_difference(curves, ctx.out / "difference_curve.png", f"{ctx.name}: paired difference, mean ± 95% CI")
@@ -127,11 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     extra = ["## Benefit along training", "",
              f"- VERDICT H-late: {verdict.upper()} — HAT's benefit appears only after about {LATE_EPOCH} epochs "
              f"(first epoch from which the lower 95% CI bound of the paired validation difference stays > 0: "
-             f"{common.fmt(cross)}; rule: supported if that epoch is >= {LATE_EPOCH}, refuted if earlier, "
+             f"{report.fmt(cross)}; rule: supported if that epoch is >= {LATE_EPOCH}, refuted if earlier, "
              "inconclusive if it never happens; a CI reading, not Holm-corrected)", "",
              f"Time to reach {TARGET_FRACTION:.0%} of the control's mean final validation accuracy "
-             f"({common.fmt(target)}%):", "", table, "", *common.figure_block([fig], ctx.out), ""]
-    common.finish_report(ctx, "HAT against backprop along training", __doc__, sections + extra, files + [fig])
+             f"({report.fmt(target)}%):", "", table, "", *report.figure_block([fig], ctx.out), ""]
+    report.finish_report(ctx, "HAT against backprop along training", __doc__, sections + extra, files + [fig])
     return 0
 
 

@@ -23,14 +23,16 @@ from __future__ import annotations
 
 import sys
 
-from studies import common
-from studies.common import Arm, Hypothesis, Param
+from studies import common, progress, report
+from studies.analysis import Hypothesis
+from studies.common import Arm
+from studies.tuning import Param
 
 STUDY = "fixed_rule"
 EARLY_EPOCH = 0.5  # the "early" snapshot
 
 
-def phase1(ctx: common.Context, bar=common.NO_BAR) -> dict[int, dict[float, str]]:
+def phase1(ctx: common.Context, bar=progress.NO_BAR) -> dict[int, dict[float, str]]:
     """Train `hat_runs` HAT learners, saving M early and at the end; {seed: {epoch: snapshot path}}."""
     return common.train_meta_learners(ctx, sorted({min(EARLY_EPOCH, ctx.base.epochs), ctx.base.epochs}), bar)
 
@@ -81,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     sc = ctx.scale
     seeds = list(range(sc.seeds))
     n_arms = len(build_arms([""], "", ""))
-    bar = common.progress_bar(common.units_total(sc, n_arms, 0 if args.snapshots else sc.hat_runs), STUDY, ctx.progress)
+    bar = progress.progress_bar(progress.units_total(sc, n_arms, 0 if args.snapshots else sc.hat_runs), STUDY, ctx.progress)
     snaps = common.snapshots_from_dir(args.snapshots) if args.snapshots else phase1(ctx, bar)
     finals, final, early = pick(snaps)
     arms = build_arms(finals, final, early)
@@ -90,12 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_report:
         return 0
     hyps = hypotheses()
-    sections, files, _ = common.comparison_sections(ctx, arms, tuned, results, seeds, hyps)
+    sections, files, _ = report.comparison_sections(ctx, arms, tuned, results, seeds, hyps)
     phase = ["## Phase 1: meta-learners", "",
              f"{len(snaps)} HAT run(s) with a trainable meta-learner (preset values, seeds {common.PHASE1_SEED_BASE}+)"
              + (f", reused from `{args.snapshots}`" if args.snapshots else "") + f". Final snapshot used by `final` "
              f"and `noise`: `{final}`; early snapshot: `{early}`; `mean` averages {len(finals)} final snapshots.", ""]
-    common.finish_report(ctx, "Fixed rules applied to fresh learners", __doc__, phase + sections, files)
+    report.finish_report(ctx, "Fixed rules applied to fresh learners", __doc__, phase + sections, files)
     return 0
 
 

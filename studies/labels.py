@@ -21,8 +21,8 @@ import sys
 
 import numpy as np
 
-from studies import common, stats
-from studies.common import Hypothesis
+from studies import analysis, common, progress, report, stats, tuning
+from studies.analysis import Hypothesis
 
 STUDY = "labels"
 THETAS = (0.05, 0.1, 0.2, 0.5, 1.0)
@@ -33,7 +33,7 @@ def build_arms(thetas) -> list[common.Arm]:
     arms = []
     for t in thetas:
         arms.append(common.Arm(f"control@{t:g}", {"rule": "none", "label_fraction": t}))
-        arms.append(common.rule_arm(f"hat@{t:g}", "mlp", extra_space=dict(common.RULE_LR_SPACE),
+        arms.append(common.rule_arm(f"hat@{t:g}", "mlp", extra_space=dict(tuning.RULE_LR_SPACE),
                                     trainable_rule=True, label_fraction=t))
     return arms
 
@@ -73,7 +73,7 @@ def plot_theta(results, thetas, seeds, path, title):
     for method in ("control", "hat"):
         ms, los, his = [], [], []
         for t in thetas:
-            v = common.metric_values(results, f"{method}@{t:g}", seeds)
+            v = analysis.metric_values(results, f"{method}@{t:g}", seeds)
             m, lo, hi = stats.mean_ci_t(stats.fill_failures(v)[0])
             ms.append(m)
             los.append(lo)
@@ -97,17 +97,17 @@ def main(argv: list[str] | None = None) -> int:
     sc = ctx.scale
     seeds = list(range(sc.seeds))
     arms = build_arms(thetas)
-    bar = common.progress_bar(common.units_total(sc, len(arms)), STUDY, ctx.progress)
+    bar = progress.progress_bar(progress.units_total(sc, len(arms)), STUDY, ctx.progress)
     tuned, results = common.tune_and_replicate(ctx, arms, seeds, bar)
     bar.close()
     if args.no_report:
         return 0
     hyps = hypotheses(thetas)
-    sections, files, comps = common.comparison_sections(ctx, arms, tuned, results, seeds, hyps)
+    sections, files, comps = report.comparison_sections(ctx, arms, tuned, results, seeds, hyps)
     acc, arm, theta, seed = [], [], [], []
     for t in thetas:
         for method in ("control", "hat"):
-            v = common.metric_values(results, f"{method}@{t:g}", seeds)
+            v = analysis.metric_values(results, f"{method}@{t:g}", seeds)
             acc.append(v)
             arm += [method] * len(seeds)
             theta += [t] * len(seeds)
@@ -122,8 +122,8 @@ def main(argv: list[str] | None = None) -> int:
              f"- VERDICT H-needs-20: {needs_verdict(thetas, comps).upper()} — HAT needs more than "
              f"{THRESHOLD:.0%} labels (rule: refuted if some θ <= {THRESHOLD} is supported; supported if none is "
              "and some larger θ is; otherwise inconclusive)", "", f"Label mode: `{ctx.base.label_mode}`.", "",
-             *common.figure_block([fig], ctx.out), ""]
-    common.finish_report(ctx, "Accuracy against the label fraction", __doc__, sections + extra, files + [fig])
+             *report.figure_block([fig], ctx.out), ""]
+    report.finish_report(ctx, "Accuracy against the label fraction", __doc__, sections + extra, files + [fig])
     return 0
 
 

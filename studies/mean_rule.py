@@ -36,8 +36,9 @@ import sys
 
 import numpy as np
 
-from studies import common, stats
-from studies.common import PHASE1_SEED_BASE, Arm, Hypothesis, snapshots_from_dir
+from studies import analysis, common, progress, report, stats, workqueue
+from studies.analysis import Hypothesis
+from studies.common import PHASE1_SEED_BASE, Arm, snapshots_from_dir
 from studies.rule_over_time import DISTANCE_SAMPLES, DISTANCE_SEED, rule_outputs, sample_rule_inputs
 
 STUDY = "mean_rule"
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     sc = ctx.scale
     seeds = list(range(sc.seeds))
     n_arms = min(sc.hat_runs, args.members) + 3
-    bar = common.progress_bar(common.units_total(sc, n_arms, 0 if args.snapshots else sc.hat_runs), STUDY, ctx.progress)
+    bar = progress.progress_bar(progress.units_total(sc, n_arms, 0 if args.snapshots else sc.hat_runs), STUDY, ctx.progress)
     snaps = snapshots_from_dir(args.snapshots) if args.snapshots else common.train_meta_learners(ctx, (ctx.base.epochs,), bar)
     finals = [s[max(s)] for _, s in sorted(snaps.items())]
 
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         return {**fit_linear(inputs["post"].double().numpy(), y), "n": len(y), "y_mean": float(np.mean(y)),
                 "y_sd": float(np.std(y))}
 
-    fit = common.run_units(ctx.storage, f"{ctx.name}:fit", {"fit": {}}, linear_fit)["fit"]
+    fit = workqueue.run_units(ctx.storage, f"{ctx.name}:fit", {"fit": {}}, linear_fit)["fit"]
     arms = build_arms(finals, fit["c"], args.members)
     tuned, results = common.tune_and_replicate(ctx, arms, seeds, bar)
     bar.close()
@@ -153,11 +154,11 @@ def main(argv: list[str] | None = None) -> int:
     results = add_individual(results, members, seeds)
     report_arms = arms + [Arm("individual", {}, {}, "H2")]
     fam = main_family()
-    sections, files, comps = common.comparison_sections(ctx, report_arms, tuned, results, seeds, fam)
+    sections, files, comps = report.comparison_sections(ctx, report_arms, tuned, results, seeds, fam)
     v = {h.key: c.verdict for h, c in zip(fam, comps)}
     verdict = h2_verdict(v["H2-individual"], v["H2-mean"], v["H2-individual>mean"])
     xfam = exploratory_family(len(members), fit["c"])
-    xcomps = common.compare_hypotheses(results, seeds, xfam, sc.margin, sc.n_boot)
+    xcomps = analysis.compare_hypotheses(results, seeds, xfam, sc.margin, sc.n_boot)
     h2 = ["## H2: each M_i against their pointwise mean", "",
           f"- VERDICT H2: {verdict.upper()} — each M_i is useful, but their pointwise mean is the wrong object "
           f"(H2-individual {v['H2-individual']}, H2-mean {v['H2-mean']}, H2-individual>mean "
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
           "`individual` is the per-seed mean of the test accuracies of the arms "
           f"{', '.join(members)} (not a run of its own; diverged runs scored as {stats.FAILURE_VALUE:g} first).", "",
           "### Each M_i, and the linear fit, against the control (exploratory, a second Holm family)", "",
-          common.comparison_table(xcomps, xfam), "", *[f"- {line}" for line in common.verdict_lines(xfam, xcomps)], "",
+          analysis.comparison_table(xcomps, xfam), "", *[f"- {line}" for line in analysis.verdict_lines(xfam, xcomps)], "",
           "### The linear fit of the mean rule", "",
           f"Least squares of the mean rule's output on v_j over {fit['n']} inputs (v_i, w_ij, v_j, |g_ij|) sampled with "
           f"seed {FIT_SEED} from a learner's training forward passes. Used by the `linear` arm: the fit without "
@@ -179,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
              + (f", reused from `{args.snapshots}`" if args.snapshots else "") + ". Final snapshots: " +
              ", ".join(f"{m} = `{p}`" for m, p in zip(members, finals)) +
              (f"; `mean` averages all {len(finals)} final snapshots" if len(finals) > len(members) else "") + ".", ""]
-    common.finish_report(ctx, "Each meta-learner against their pointwise mean", __doc__, phase + sections + h2, files)
+    report.finish_report(ctx, "Each meta-learner against their pointwise mean", __doc__, phase + sections + h2, files)
     return 0
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from studies import common, stats
+from studies import common, progress, report, stats, workqueue
 from studies import rule_analysis as ra
 
 STUDY = "rule_form"
@@ -136,7 +136,7 @@ def mean_fn(fns: list[ra.RuleFn]) -> ra.RuleFn:
 # ---------------------------------------------------------------- phase 1
 
 
-def phase1(ctx: common.Context, samples: int, bar=common.NO_BAR) -> dict[str, dict]:
+def phase1(ctx: common.Context, samples: int, bar=progress.NO_BAR) -> dict[str, dict]:
     cfg = ctx.base.replace(rule="mlp", trainable_rule=True, snapshot_epochs=(ctx.base.epochs,))
     units = {f"hat|{SEED_BASE + k}": {"seed": SEED_BASE + k} for k in range(ctx.scale.hat_runs)}
 
@@ -147,7 +147,7 @@ def phase1(ctx: common.Context, samples: int, bar=common.NO_BAR) -> dict[str, di
         bar.update(1)
         return res
 
-    return common.run_units(ctx.storage, f"{ctx.name}:phase1", units, fn)
+    return workqueue.run_units(ctx.storage, f"{ctx.name}:phase1", units, fn)
 
 
 # ---------------------------------------------------------------- analysis
@@ -203,7 +203,7 @@ def coefficient_table(mean_fit: ra.PolyFit, fits: list[ra.PolyFit]) -> str:
     for t, term in enumerate(mean_fit.terms):
         m, lo, hi = stats.mean_ci_t(C[:, t])
         rows.append({"term": term, "mean rule": mean_fit.coef[t], "mean over M_i": m, "95% CI (t, over M_i)":
-                     f"[{common.fmt(lo, '.3g')}, {common.fmt(hi, '.3g')}]",
+                     f"[{report.fmt(lo, '.3g')}, {report.fmt(hi, '.3g')}]",
                      "sd over M_i": float(np.std(C[:, t], ddof=1)) if len(C) > 1 else float("nan")})
     return stats.format_table(rows)
 
@@ -214,12 +214,12 @@ def r2_table(a: dict) -> str:
         m, lo, hi = stats.mean_ci_t(a["r2"][:, k][np.isfinite(a["r2"][:, k])])
         rows.append({"fit": f"degree <= {d}", "terms": len(ra.monomials(d)), "held-out R² (mean rule)": a["r2_mean"][k],
                      "in-sample R² (mean rule)": a["r2_in_mean"][k], "held-out R² mean over M_i": m,
-                     "95% CI (t)": f"[{common.fmt(lo, '.3g')}, {common.fmt(hi, '.3g')}]",
+                     "95% CI (t)": f"[{report.fmt(lo, '.3g')}, {report.fmt(hi, '.3g')}]",
                      "min over M_i": float(np.nanmin(a["r2"][:, k])) if np.isfinite(a["r2"][:, k]).any() else None})
     m, lo, hi = stats.mean_ci_t(a["lin"][np.isfinite(a["lin"])])
     rows.append({"fit": "a + b·v_j", "terms": 2, "held-out R² (mean rule)": a["lin_mean"],
                  "in-sample R² (mean rule)": a["fit_lin_mean"].r2, "held-out R² mean over M_i": m,
-                 "95% CI (t)": f"[{common.fmt(lo, '.3g')}, {common.fmt(hi, '.3g')}]",
+                 "95% CI (t)": f"[{report.fmt(lo, '.3g')}, {report.fmt(hi, '.3g')}]",
                  "min over M_i": float(np.nanmin(a["lin"])) if np.isfinite(a["lin"]).any() else None})
     return stats.format_table(rows)
 
@@ -326,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     add_sample_args(parser)
     args = parser.parse_args(argv)
     ctx = common.make_context(STUDY, args, DEFAULTS)
-    bar = common.progress_bar(ctx.scale.hat_runs, STUDY, ctx.progress)
+    bar = progress.progress_bar(ctx.scale.hat_runs, STUDY, ctx.progress)
     done = phase1(ctx, args.samples, bar)
     bar.close()
     if args.no_report:
@@ -380,22 +380,22 @@ def main(argv: list[str] | None = None) -> int:
         coefficient_table(lin, a["fits_lin"]), "",
         f"Polynomial of total degree <= {COEF_DEGREE}:", "", coefficient_table(a["fit_deg_mean"], a["fits_deg"]), "",
         f"R² of the paper's rule {PAPER_SLOPE:g}·v_j itself (no fitted scale or offset) against the mean rule: "
-        f"{common.fmt(a['exact_paper'], '.3g')} (below 0: worse than the best constant; the scale of M is free in HAT, "
+        f"{report.fmt(a['exact_paper'], '.3g')} (below 0: worse than the best constant; the scale of M is free in HAT, "
         "it trades off against `rate`, so only the fitted a + b·v_j above tests the form).", "",
         "## Verdicts", "",
         f"- VERDICT H-linear-vj: {linear_verdict(a['lin_mean']).upper()} — \"a linear dependence on v_j explains almost "
-        f"all of the variance of the mean rule\" (held-out R² of a + b·v_j = {common.fmt(a['lin_mean'], '.3f')}"
-        + (f", 95% bootstrap CI over the {N} meta-learners [{common.fmt(a['lin_boot_ci'][0], '.3f')}, "
-           f"{common.fmt(a['lin_boot_ci'][1], '.3f')}]" if N >= 3 else "")
+        f"all of the variance of the mean rule\" (held-out R² of a + b·v_j = {report.fmt(a['lin_mean'], '.3f')}"
+        + (f", 95% bootstrap CI over the {N} meta-learners [{report.fmt(a['lin_boot_ci'][0], '.3f')}, "
+           f"{report.fmt(a['lin_boot_ci'][1], '.3f')}]" if N >= 3 else "")
         + f"; a = {lin.coef[0]:+.3g}, b = {lin.coef[1]:+.3g}; rule: supported if R² >= {R2_THRESHOLD}, refuted if "
         "below, inconclusive if undefined)",
         f"- VERDICT H-linear-vj-each: {each_verdict(a['lin']).upper()} — the same holds for each individual meta-learner "
-        f"({n_above}/{N} M_i have held-out R² >= {R2_THRESHOLD}; median R² {common.fmt(float(np.nanmedian(a['lin'])), '.3f')}; "
-        f"slope b over the M_i: {common.fmt(s_m, '.3g')}, 95% CI [{common.fmt(s_lo, '.3g')}, {common.fmt(s_hi, '.3g')}]; "
+        f"({n_above}/{N} M_i have held-out R² >= {R2_THRESHOLD}; median R² {report.fmt(float(np.nanmedian(a['lin'])), '.3f')}; "
+        f"slope b over the M_i: {report.fmt(s_m, '.3g')}, 95% CI [{report.fmt(s_lo, '.3g')}, {report.fmt(s_hi, '.3g')}]; "
         "rule: supported if every M_i reaches the threshold, refuted if fewer than half do, otherwise inconclusive)", "",
-        "## Figures", "", *common.figure_block(figs, ctx.out), "",
+        "## Figures", "", *report.figure_block(figs, ctx.out), "",
     ]
-    common.finish_report(ctx, "What the meta-learned rule computes", __doc__, sections, files)
+    report.finish_report(ctx, "What the meta-learned rule computes", __doc__, sections, files)
     return 0
 
 

@@ -37,9 +37,10 @@ import sys
 
 import numpy as np
 
-from studies import common, stats
+from studies import analysis, common, progress, report, stats
 from studies import rule_analysis as ra
-from studies.common import PHASE1_SEED_BASE, Arm, Hypothesis, snapshots_from_dir
+from studies.analysis import Hypothesis
+from studies.common import PHASE1_SEED_BASE, Arm, snapshots_from_dir
 
 STUDY = "rule_over_time"
 TIMES = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0)  # snapshot times (epochs) of the paper's 20-epoch run
@@ -251,8 +252,8 @@ def h3_verdict(verdicts: list[str]) -> str:
 
 def benefits(results: dict, times, seeds: list[int]) -> np.ndarray:
     """(times, seeds) paired differences snap@t - control of test accuracy, failures scored as chance."""
-    ctl = common.metric_values(results, "control", seeds)
-    return np.array([stats.paired_differences(common.metric_values(results, arm_name(t), seeds), ctl)[0]
+    ctl = analysis.metric_values(results, "control", seeds)
+    return np.array([stats.paired_differences(analysis.metric_values(results, arm_name(t), seeds), ctl)[0]
                      for t in sorted(times)])
 
 
@@ -350,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     if merged:
         how += f"; {', '.join(f'{t:g}' for t in merged)} fell on the same training step as a later time and were merged"
     n_arms = len(times) + 2
-    bar = common.progress_bar(common.units_total(sc, n_arms, 0 if args.snapshots else sc.hat_runs), STUDY, ctx.progress)
+    bar = progress.progress_bar(progress.units_total(sc, n_arms, 0 if args.snapshots else sc.hat_runs), STUDY, ctx.progress)
     snaps = snapshots_from_dir(args.snapshots) if args.snapshots else common.train_meta_learners(ctx, times, bar)
     if args.snapshots:
         how = f"the times of the snapshots found in `{args.snapshots}`"
@@ -364,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     fam_a = control_family(times)
-    sections, files, comps_a = common.comparison_sections(ctx, arms, tuned, results, seeds, fam_a)
+    sections, files, comps_a = report.comparison_sections(ctx, arms, tuned, results, seeds, fam_a)
     by_key = {h.key: c for h, c in zip(fam_a, comps_a)}
 
     # H1: early snapshots help, and the benefit decreases with t
@@ -377,8 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         trend = {"coef": float("nan"), "se": float("nan"), "p": float("nan"), "method": "none", "formula": "n/a"}
     v1 = h1_verdict(early_v, trend["coef"], trend["p"])
-    replay_d = stats.paired_differences(common.metric_values(results, "replay", seeds),
-                                        common.metric_values(results, "control", seeds))[0]
+    replay_d = stats.paired_differences(analysis.metric_values(results, "replay", seeds),
+                                        analysis.metric_values(results, "control", seeds))[0]
     fig_b = plot_benefit(list(times), b, replay_d, ctx.out / "benefit_vs_time.png",
                          f"{ctx.name}: frozen snapshot at t against the control")
     rows = [{"t (epochs)": t, "early": t in early, "mean Δ vs control": float(np.mean(row)),
@@ -389,24 +390,24 @@ def main(argv: list[str] | None = None) -> int:
           "Per snapshot time, the paired test-accuracy difference of the frozen snapshot against the control "
           "(family A above):", "", stats.format_table(rows), "",
           f"Trend of the benefit over log t ({trend['method']}: `{trend['formula']}`, seed as random effect): "
-          f"slope {common.fmt(trend['coef'], '+.3g')} points per unit log t, SE {common.fmt(trend['se'], '.3g')}, "
-          f"two-sided p = {common.fmt(trend['p'], '.3g')}.", "",
+          f"slope {report.fmt(trend['coef'], '+.3g')} points per unit log t, SE {report.fmt(trend['se'], '.3g')}, "
+          f"two-sided p = {report.fmt(trend['p'], '.3g')}.", "",
           f"- VERDICT H1: {v1.upper()} — M learns a useful rule early and degenerates once L converges "
           f"(early snapshots t <= {EARLY_EPOCH:g}: {', '.join(f'{arm_name(t)} {v}' for t, v in zip(early, early_v))}; "
-          f"log-t slope {common.fmt(trend['coef'], '+.3g')}, p = {common.fmt(trend['p'], '.3g')}; rule: supported if "
+          f"log-t slope {report.fmt(trend['coef'], '+.3g')}, p = {report.fmt(trend['p'], '.3g')}; rule: supported if "
           "some early snapshot is supported (Holm, family A) and the slope is negative with p < 0.05; refuted if the "
           "slope is significantly positive or every early snapshot is refuted; otherwise inconclusive)", "",
-          *common.figure_block([fig_b], ctx.out), ""]
+          *report.figure_block([fig_b], ctx.out), ""]
 
     # H3: the replay beats every single frozen snapshot
     fam_b = replay_family(times)
-    comps_b = common.compare_hypotheses(results, seeds, fam_b, sc.margin, sc.n_boot)
+    comps_b = analysis.compare_hypotheses(results, seeds, fam_b, sc.margin, sc.n_boot)
     v3 = h3_verdict([c.verdict for c in comps_b])
     best, chosen = best_snapshot(results, tuned, times, seeds)
     cb = {h.control: c for h, c in zip(fam_b, comps_b)}[best]
     h3 = ["## H3: a transient rule (replay against every single snapshot, one Holm family)", "",
-          common.comparison_table(comps_b, fam_b), "",
-          *[f"- {line}" for line in common.verdict_lines(fam_b, comps_b)],
+          analysis.comparison_table(comps_b, fam_b), "",
+          *[f"- {line}" for line in analysis.verdict_lines(fam_b, comps_b)],
           f"- VERDICT H3: {v3.upper()} — the useful rule is transient: applying at time t the snapshot taken at t "
           f"beats every single frozen snapshot (rule: supported if all {len(fam_b)} comparisons above are "
           "supported, refuted if any is refuted, otherwise inconclusive)", "",
@@ -434,14 +435,14 @@ def main(argv: list[str] | None = None) -> int:
             f"with seed {DISTANCE_SEED} from a learner's training forward passes ({SAMPLE_CHECKPOINTS} checkpoints "
             f"over up to {SAMPLE_MAX_STEPS} backprop steps, layers weighted by their rule evaluations), "
             f"averaged over {len(dist)} phase-1 run(s):", "", stats.format_table(drows), "", cp_line, "",
-            *common.figure_block([fig_d], ctx.out), ""]
+            *report.figure_block([fig_d], ctx.out), ""]
     phase = ["## Phase 1: meta-learners over time", "",
              f"{len(snaps)} HAT run(s) with a trainable meta-learner (preset values, seeds {PHASE1_SEED_BASE}+)"
              + (f", reused from `{args.snapshots}`" if args.snapshots else "") +
              f". Snapshot times (epochs): {', '.join(f'{t:g}' for t in times)} ({how}; {spe} steps per epoch, "
              f"{total} steps in all). Arms `snap@t` and `replay` use run seed {source_seed}; the distances use "
              "every run.", ""]
-    common.finish_report(ctx, "The meta-learned rule over time", __doc__, phase + sections + h1 + h3 + view,
+    report.finish_report(ctx, "The meta-learned rule over time", __doc__, phase + sections + h1 + h3 + view,
                          files + [fig_b, fig_d])
     return 0
 

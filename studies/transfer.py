@@ -43,9 +43,10 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from studies import common, rule_form, stats
+from studies import common, progress, report, rule_form, stats, workqueue
 from studies import rule_analysis as ra
-from studies.common import Arm, Hypothesis
+from studies.analysis import Hypothesis
+from studies.common import Arm
 
 STUDY = "transfer"
 PERM_SEED = 12345  # the pixel permutation of `perm`
@@ -86,7 +87,7 @@ PROBLEMS: dict[str, Callable] = {
 # ---------------------------------------------------------------- phase 1
 
 
-def phase1(ctx: common.Context, problems: list[str], datas: dict, samples: int, bar=common.NO_BAR) -> dict[str, list[dict]]:
+def phase1(ctx: common.Context, problems: list[str], datas: dict, samples: int, bar=progress.NO_BAR) -> dict[str, list[dict]]:
     """{problem: [result of each ok run, by seed]}; each result has "snapshots" and "inputs"."""
     cfg = ctx.base.replace(rule="mlp", trainable_rule=True, snapshot_epochs=(ctx.base.epochs,))
     units = {f"{p}|{SEED_BASE + 1000 * list(PROBLEMS).index(p) + k}":
@@ -102,7 +103,7 @@ def phase1(ctx: common.Context, problems: list[str], datas: dict, samples: int, 
         bar.update(1)
         return {**res, "problem": p, "seed": seed}
 
-    done = common.run_units(ctx.storage, f"{ctx.name}:phase1", units, fn)
+    done = workqueue.run_units(ctx.storage, f"{ctx.name}:phase1", units, fn)
     by_problem = {p: sorted((r for r in done.values() if r["problem"] == p and r["status"] == "ok" and r.get("inputs")),
                             key=lambda r: r["seed"]) for p in problems}
     empty = [p for p, rs in by_problem.items() if not rs]
@@ -234,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds = list(range(sc.seeds))
     datas = {p: PROBLEMS[p](ctx.data) for p in problems}
     n_units = len(problems) * sc.hat_runs + len(targets) * (1 + len(problems)) * (sc.trials * sc.tuning_seeds + sc.seeds)
-    bar = common.progress_bar(n_units, STUDY, ctx.progress)
+    bar = progress.progress_bar(n_units, STUDY, ctx.progress)
     runs = phase1(ctx, problems, datas, args.samples, bar)
     sources = {p: runs[p][0]["snapshots"][-1] for p in problems}  # the first ok run's final meta-learner
     arms, tuned, results = [], {}, {}
@@ -262,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     scale_r = float(np.mean(np.abs(Y)))
 
     hyps = hypotheses(problems, targets)
-    sections, files, comps = common.comparison_sections(ctx, arms, tuned, results, seeds, hyps)
+    sections, files, comps = report.comparison_sections(ctx, arms, tuned, results, seeds, hyps)
     between = {(r["a"], r["b"]): r["between"].mean() for r in drows}
     within = {p: ra.between_within(D, labels, p, p)["within_a"] for p in problems}
     xfer_rows = []
@@ -290,18 +291,18 @@ def main(argv: list[str] | None = None) -> int:
         distance_table(drows, D, labels, problems), "",
         *[f"- VERDICT {distance_key(r['a'], r['b'])}: {r['verdict'].upper()} — rules meta-learned on {r['a']} and on "
           f"{r['b']} are farther apart than rules meta-learned on one problem from different seeds (between "
-          f"{r['between'].mean():.3g} vs within {common.fmt(float(r['within'].mean()) if len(r['within']) else float('nan'), '.3g')}; "
-          f"permutation p = {common.fmt(r['p_greater'], '.3g')}, Holm p = {common.fmt(r['p_holm'], '.3g')}, smallest "
-          f"attainable p = {common.fmt(r['p_min'], '.3g')}; rule: supported if Holm p < {stats.ALPHA} for between > "
+          f"{r['between'].mean():.3g} vs within {report.fmt(float(r['within'].mean()) if len(r['within']) else float('nan'), '.3g')}; "
+          f"permutation p = {report.fmt(r['p_greater'], '.3g')}, Holm p = {report.fmt(r['p_holm'], '.3g')}, smallest "
+          f"attainable p = {report.fmt(r['p_min'], '.3g')}; rule: supported if Holm p < {stats.ALPHA} for between > "
           f"within, refuted if Holm p < {stats.ALPHA} for between < within, otherwise inconclusive)" for r in drows],
-        "", *common.figure_block([fig_d], ctx.out), "",
+        "", *report.figure_block([fig_d], ctx.out), "",
         "## Transfer against rule distance", "",
         "Does a frozen rule help more when it was learned on a closer problem? (descriptive; few problems). Distance: "
         "mean distance between the rules of the two problems; for source = target, between rules of that problem "
         "from different seeds.", "",
         stats.format_table(xfer_rows), "",
     ]
-    common.finish_report(ctx, "Problem similarity through meta-learned rules, and transfer", __doc__,
+    report.finish_report(ctx, "Problem similarity through meta-learned rules, and transfer", __doc__,
                          head + sections, files + [fig_d])
     return 0
 

@@ -227,19 +227,19 @@ def test_conditional_learning_rate_space():
     import optuna
 
     from hat.config import TrainConfig
-    from studies import common
+    from studies import common, tuning
 
     arm = common.rule_arm("hebb", "hebb")
-    space = {**common.SHARED_SPACE, **arm.space}
-    params = common.suggest_params(optuna.trial.FixedTrial({"optimizer": "sgd", "lr_sgd": 0.05, "rate": 1e-3}), space)
+    space = {**tuning.SHARED_SPACE, **arm.space}
+    params = tuning.suggest_params(optuna.trial.FixedTrial({"optimizer": "sgd", "lr_sgd": 0.05, "rate": 1e-3}), space)
     assert params == {"optimizer": "sgd", "lr_sgd": 0.05, "rate": 1e-3}
     cfg = arm.config(TrainConfig(), params)
     assert (cfg.optimizer, cfg.lr, cfg.rate, cfg.rule) == ("sgd", 0.05, 1e-3, "hebb")
     base = TrainConfig(optimizer="adam", lr=2e-3)
-    assert common._preset_value(base, "lr_adam") == 2e-3 and common._preset_value(base, "lr_sgd") is None
+    assert tuning._preset_value(base, "lr_adam") == 2e-3 and tuning._preset_value(base, "lr_sgd") is None
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for _ in range(20):
-        p = common.suggest_params(study.ask(), space)
+        p = tuning.suggest_params(study.ask(), space)
         lo, hi = (1e-4, 1e-2) if p["optimizer"] == "adam" else (1e-3, 3e-1)
         assert set(p) == {"optimizer", f"lr_{p['optimizer']}", "rate"} and lo <= p[f"lr_{p['optimizer']}"] <= hi
 
@@ -250,7 +250,7 @@ def test_tune_arm_warm_starts_from_the_control(tmp_path):
 
     from hat.config import TrainConfig
     from hat.trainer import RunResult
-    from studies import common
+    from studies import common, tuning, workqueue
 
     seen = []
 
@@ -261,9 +261,9 @@ def test_tune_arm_warm_starts_from_the_control(tmp_path):
 
     scale = common.Scale(trials=4, tuning_seeds=1)
     ctx = StubContext("t", "warm", scale, TrainConfig(optimizer="adam", lr=1e-3, rate=1e-3),
-                      common.open_storage(f"sqlite:///{tmp_path}/optuna.db"), None, None, tmp_path, None, False)
+                      workqueue.open_storage(f"sqlite:///{tmp_path}/optuna.db"), None, None, tmp_path, None, False)
     warm = {"optimizer": "sgd", "lr_sgd": 0.05}
-    out = common.tune_arm(ctx, common.rule_arm("hebb", "hebb"), warm)
+    out = tuning.tune_arm(ctx, common.rule_arm("hebb", "hebb"), warm)
     assert seen[0] == ("adam", 1e-3, 1e-3) and seen[1] == ("sgd", 0.05, 1e-3)
     assert len(seen) == 4 and out["trials"] == 4
     study = optuna.load_study(study_name="warm:tune:hebb", storage=f"sqlite:///{tmp_path}/optuna.db")
@@ -274,9 +274,9 @@ def test_unit_finished_after_its_trial_was_reclaimed_is_kept(tmp_path):
     """If another worker failed a slow unit's trial as stale, the finished result is still recorded once."""
     import optuna
 
-    from studies import common
+    from studies import workqueue
 
-    storage = common.open_storage(f"sqlite:///{tmp_path}/optuna.db")
+    storage = workqueue.open_storage(f"sqlite:///{tmp_path}/optuna.db")
     name = "reclaim"
 
     def fn(key, spec):
@@ -285,6 +285,6 @@ def test_unit_finished_after_its_trial_was_reclaimed_is_kept(tmp_path):
         storage.set_trial_state_values(running._trial_id, optuna.trial.TrialState.FAIL)  # what a stale check does
         return {"value": spec["x"] * 2}
 
-    out = common.run_units(storage, name, {"a": {"x": 21}}, fn)
+    out = workqueue.run_units(storage, name, {"a": {"x": 21}}, fn)
     assert out == {"a": {"value": 42}}
     assert set(_unit_trials(f"sqlite:///{tmp_path}/optuna.db", name)) == {"a"}
