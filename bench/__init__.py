@@ -1,0 +1,1 @@
+"""Benchmarks and hardware checks run as scripts (`python -m bench.<name>`); not part of the installed package."""
