@@ -1,12 +1,14 @@
 """The decision layer: per-run metrics, paired comparisons against the control, verdicts and their tables.
 
-`METRICS` maps a metric name to a function of one run's result dict; `compare_hypotheses` runs one
-Holm family of `studies.stats.compare` over a study's hypotheses; the table helpers format the result.
+`METRICS` maps a metric name to a `Metric`: a function of one run's result dict, its margin, the value a
+diverged run is scored as, its unit and direction. `compare_hypotheses` runs one family
+(`studies.stats.holm_family`) of `studies.stats.compare` over a study's hypotheses; the table helpers format it.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,37 +42,93 @@ def _stability(r: dict, last: int = 3) -> float:
     return float(np.std(y[-last:], ddof=1)) if len(y) >= max(2, last) else float("nan")
 
 
-METRICS = {  # per-run scalar metrics a hypothesis can compare; NaN for a diverged run (counted as failure)
-    "test_acc": lambda r: r["test_acc"],  # final test accuracy (%)
-    "val_auc": _auc_first,  # mean validation accuracy over the first epoch (area under the curve / range)
-    "val_std_last": _stability,  # std of validation accuracy over the last 3 evaluations (lower = stabler)
+@dataclass(frozen=True)
+class Metric:
+    """A per-run metric and how the decision rule treats it (see studies.stats.VERDICT_RULE)."""
+
+    fn: Callable[[dict], float]  # one run's result dict -> value; NaN when undefined (e.g. too few evaluations)
+    margin: float  # smallest difference that matters, in `unit`
+    failure: float  # value a diverged run is scored as: the worst value the metric can take in practice
+    unit: str
+    higher_is_better: bool
+
+
+ACC_UNIT = "accuracy points"
+STD_FAILURE = 100.0 / np.sqrt(3.0)  # the largest sample sd of 3 accuracies in [0, 100]: (0, 100, 100)
+
+METRICS = {  # per-run scalar metrics a hypothesis can compare
+    # final test accuracy (%); a diverged run scores chance on 10 classes
+    "test_acc": Metric(lambda r: r["test_acc"], 0.5, 10.0, ACC_UNIT, True),
+    # mean validation accuracy over the first epoch (area under the curve / range); diverged: chance
+    "val_auc": Metric(_auc_first, 0.5, 10.0, ACC_UNIT, True),
+    # std of validation accuracy over the last 3 evaluations (lower = stabler); diverged: the largest possible std
+    "val_std_last": Metric(_stability, 0.25, STD_FAILURE, "points of std", False),
 }
 
 
+def metric_margin(metric: str, margin: float | None = None) -> float:
+    """The metric's margin; `margin` (Scale.margin) overrides it for metrics in accuracy points only."""
+    m = METRICS[metric]
+    return float(margin) if margin is not None and m.unit == ACC_UNIT else m.margin
+
+
+def metric_outcomes(results: dict[tuple[str, int], dict], arm: str, seeds: list[int],
+                    metric: str = "test_acc") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(values, diverged, missing) over `seeds`: values is NaN where the run diverged (status != ok, a failure)
+    or where the metric is undefined for a run that did not diverge (missing, not a failure)."""
+    f = METRICS[metric].fn
+    diverged = np.array([results[(arm, s)]["status"] != "ok" for s in seeds], dtype=bool)
+    values = np.array([np.nan if bad else f(results[(arm, s)]) for s, bad in zip(seeds, diverged)], dtype=float)
+    return values, diverged, ~diverged & ~np.isfinite(values)
+
+
 def metric_values(results: dict[tuple[str, int], dict], arm: str, seeds: list[int], metric: str = "test_acc") -> np.ndarray:
-    """(n_seeds,) values of `metric` for `arm`; NaN for diverged runs (stats counts them as failures)."""
-    f = METRICS[metric]
-    return np.asarray([f(results[(arm, s)]) if results[(arm, s)]["status"] == "ok" else float("nan")
-                       for s in seeds], dtype=float)
+    """(n_seeds,) values of `metric` for `arm`, NaN for diverged runs (stats fills them as failures). A missing
+    value (undefined metric, run not diverged) is also NaN here; use `metric_outcomes` to tell them apart
+    (test_acc is never missing)."""
+    return metric_outcomes(results, arm, seeds, metric)[0]
 
 
 def accuracy_matrix(results: dict[tuple[str, int], dict], arms: list[str], seeds: list[int]) -> dict[str, np.ndarray]:
     return {a: metric_values(results, a, seeds) for a in arms}
 
 
-def compare_hypotheses(results: dict, seeds: list[int], hypotheses: list[Hypothesis], margin: float, n_boot: int):
-    """One Holm family: every hypothesis's arm against its control, on its metric."""
+def compare_one(results: dict, seeds: list[int], h: Hypothesis, margin: float | None = None, n_boot: int = 10000,
+                random_state: int = 0):
+    """One unadjusted comparison of a hypothesis (pairs with a missing value left out and counted)."""
     from studies import stats
 
-    comps = [stats.compare(metric_values(results, h.arm, seeds, h.metric), metric_values(results, h.control, seeds, h.metric),
-                           arm=h.arm, control=h.control, direction=h.direction, margin=margin, random_state=i,
-                           n_boot=n_boot) for i, h in enumerate(hypotheses)]
-    return stats.holm_family(comps)
+    a, _, miss_a = metric_outcomes(results, h.arm, seeds, h.metric)
+    c, _, miss_c = metric_outcomes(results, h.control, seeds, h.metric)
+    keep = ~(miss_a | miss_c)
+    if not keep.any():  # nothing left to compare: every statistic undefined, verdict inconclusive
+        keep_a, keep_c = np.array([np.nan]), np.array([np.nan])
+    else:
+        keep_a, keep_c = a[keep], c[keep]
+    m = METRICS[h.metric]
+    comp = stats.compare(keep_a, keep_c, arm=h.arm, control=h.control, direction=h.direction,
+                         margin=metric_margin(h.metric, margin), random_state=random_state, n_boot=n_boot,
+                         failure_value=m.failure, n_missing=int((~keep).sum()))
+    if not keep.any():
+        import dataclasses
+
+        comp = dataclasses.replace(comp, n=0, n_failed_arm=0, n_failed_control=0, mean_diff=float("nan"))
+    return comp
+
+
+def compare_hypotheses(results: dict, seeds: list[int], hypotheses: list[Hypothesis], margin: float | None, n_boot: int):
+    """One family (studies.stats.holm_family): every hypothesis's arm against its control, on its metric, with the
+    metric's margin and failure value (`margin`, i.e. Scale.margin, overrides the margin of accuracy metrics)."""
+    from studies import stats
+
+    return stats.holm_family([compare_one(results, seeds, h, margin, n_boot, i) for i, h in enumerate(hypotheses)])
 
 
 def verdict_lines(hypotheses: list[Hypothesis], comps) -> list[str]:
     return [f"VERDICT {h.key}: {c.verdict.upper()} — {h.text} "
-            f"({h.metric}: Δ = {c.mean_diff:+.2f}, 95% CI [{c.ci_lo:+.2f}, {c.ci_hi:+.2f}], Holm p = {c.p_holm:.3g})"
+            f"({h.metric}: Δ = {c.mean_diff:+.2f} {METRICS[h.metric].unit}, 95% CI [{c.ci_lo:+.2f}, {c.ci_hi:+.2f}], "
+            f"margin {c.margin:g}, n = {c.n}, {c.n_failed_arm}/{c.n_failed_control} diverged, {c.n_missing} missing, "
+            f"Holm p below margin = {c.p_below_holm:.3g}, Holm p = {c.p_holm:.3g})"
             for h, c in zip(hypotheses, comps)]
 
 
@@ -79,23 +137,39 @@ def comparison_table(comps, hypotheses: list[Hypothesis]) -> str:
 
     rows = []
     for h, c in zip(hypotheses, comps):
-        rows.append({"hypothesis": h.key, "arm": c.arm, "metric": h.metric, "claim": f"{c.direction} than {h.control}", "n": c.n,
-                     "failed (arm/ctl)": f"{c.n_failed_arm}/{c.n_failed_control}", "Δ": c.mean_diff,
-                     "95% CI": f"[{c.ci_lo:+.2f}, {c.ci_hi:+.2f}]", "p (t, 1-sided)": c.p_t,
-                     "p (Wilcoxon)": c.p_wilcoxon, "Holm p": c.p_holm, "d_z": c.dz, "P(improve)": c.prob_improvement,
-                     "p TOST": c.p_tost, "seeds for margin": c.seeds_needed, "verdict": c.verdict})
-    return stats.format_table(rows)
+        rows.append({"hypothesis": h.key, "arm": c.arm, "metric": h.metric, "claim": f"{c.direction} than {h.control}",
+                     "n": c.n, "failed (arm/ctl)": f"{c.n_failed_arm}/{c.n_failed_control}", "missing": c.n_missing,
+                     "Δ": c.mean_diff, "95% CI": f"[{c.ci_lo:+.2f}, {c.ci_hi:+.2f}]", "margin": c.margin,
+                     "p effect": c.p_t, "Holm p effect": c.p_holm, "p below margin": c.p_below,
+                     "Holm p below margin": c.p_below_holm, "p (Wilcoxon)": c.p_wilcoxon, "d_z": c.dz,
+                     "P(improve)": c.prob_improvement, "p TOST": c.p_tost, "seeds for 80% power": c.seeds_needed,
+                     "verdict": c.verdict})
+    used = [k for k in METRICS if any(h.metric == k for h in hypotheses)]
+    return stats.format_table(rows) + "\n\nMetric conventions (margin, failure value):\n\n" + metrics_table(used)
+
+
+def metrics_table(names: list[str] | None = None) -> str:
+    """The per-metric conventions of the decision rule, for the report (Scale.margin overrides the accuracy
+    metrics' margin; the comparison table shows the margin used)."""
+    from studies import stats
+
+    return stats.format_table([{"metric": k, "unit": METRICS[k].unit,
+                                "better": "higher" if METRICS[k].higher_is_better else "lower",
+                                "default margin": METRICS[k].margin, "diverged run scored as": METRICS[k].failure}
+                               for k in (names or list(METRICS))])
 
 
 def arm_table(acc: dict[str, np.ndarray], tuned: dict[str, dict]) -> str:
+    """Mean test accuracy per arm with diverged runs kept, scored as the failure value, and counted."""
     from studies import stats
 
     rows = []
     for a, v in acc.items():
-        ok = v[np.isfinite(v)]
-        m, lo, hi = stats.mean_ci_t(ok) if len(ok) else (float("nan"),) * 3
+        filled, n_div = stats.fill_failures(v, METRICS["test_acc"].failure)
+        m, lo, hi = stats.mean_ci_t(filled)
         t = tuned.get(a, {})
-        rows.append({"arm": a, "runs": len(v), "diverged": int(np.sum(~np.isfinite(v))), "mean test acc": m,
+        rows.append({"arm": a, "runs": len(v), "diverged": n_div,
+                     f"mean test acc (diverged = {METRICS['test_acc'].failure:g})": m,
                      "95% CI": f"[{lo:.2f}, {hi:.2f}]", "tuned val acc": t.get("value"),
                      "tuned params": json.dumps({k: (round(x, 6) if isinstance(x, float) else x)
                                                  for k, x in t.get("params", {}).items()})})

@@ -50,16 +50,35 @@ def hypotheses() -> list[Hypothesis]:
 
 
 def difference_curve(results: dict, arm: str, seeds: list[int], key: str = "val_acc"):
-    """Epochs, and mean / 95% t-CI of the paired difference arm - control at each evaluation."""
-    runs = [(results[(arm, s)], results[("control", s)]) for s in seeds]
-    runs = [(a, c) for a, c in runs if a["status"] == "ok" and c["status"] == "ok"]
-    if not runs:
+    """Epochs, and mean / 95% t-CI of the paired difference arm - control at each evaluation.
+
+    Diverged runs are kept: every evaluation of a diverged run is scored as the failure value of `val_auc`
+    (chance). An evaluation a finished run does not have (a shorter curve) is missing at that point: that pair is
+    left out there. The grid is the longest curve of a finished run.
+    """
+    failure = analysis.METRICS["val_auc"].failure
+    pairs = [(results[(arm, s)], results[("control", s)]) for s in seeds]
+    ok = [r for pair in pairs for r in pair if r["status"] == "ok" and r.get("curve")]
+    if not ok:
         return np.array([]), np.array([]), np.array([]), np.array([])
-    n = min(min(len(a["curve"]), len(c["curve"])) for a, c in runs)
-    x = np.array([runs[0][0]["curve"][i]["epoch"] for i in range(n)])
-    d = np.array([[a["curve"][i][key] - c["curve"][i][key] for i in range(n)] for a, c in runs])  # (seeds, evals)
-    m, lo, hi = (np.array(v) for v in zip(*[stats.mean_ci_t(d[:, i]) for i in range(n)]))
+    x = analysis._curve_xy(max(ok, key=lambda r: len(r["curve"])), key)[0]
+
+    def on_grid(r):
+        if r["status"] != "ok":
+            return np.full(len(x), failure)
+        y = np.full(len(x), np.nan)
+        v = analysis._curve_xy(r, key)[1][: len(x)]
+        y[: len(v)] = v
+        return y
+
+    d = np.array([on_grid(a) - on_grid(c) for a, c in pairs])  # (seeds, evals); NaN = missing
+    m, lo, hi = (np.array(v) for v in zip(*[stats.mean_ci_t(col[np.isfinite(col)]) for col in d.T]))
     return x, m, lo, hi
+
+
+def n_diverged(results: dict, arm: str, seeds: list[int]) -> tuple[int, int]:
+    """Diverged runs of `arm` and of the control over `seeds` (kept in the difference curve as failures)."""
+    return tuple(sum(results[(a, s)]["status"] != "ok" for s in seeds) for a in (arm, "control"))
 
 
 def late_verdict(x, lo) -> tuple[str, float]:
@@ -128,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
              f"- VERDICT H-late: {verdict.upper()} — HAT's benefit appears only after about {LATE_EPOCH} epochs "
              f"(first epoch from which the lower 95% CI bound of the paired validation difference stays > 0: "
              f"{report.fmt(cross)}; rule: supported if that epoch is >= {LATE_EPOCH}, refuted if earlier, "
-             "inconclusive if it never happens; a CI reading, not Holm-corrected)", "",
+             "inconclusive if it never happens; a CI reading, not Holm-corrected; diverged runs (hat/control: "
+             f"{'/'.join(map(str, n_diverged(results, 'hat', seeds)))}) kept, every evaluation scored as "
+             f"{analysis.METRICS['val_auc'].failure:g})", "",
              f"Time to reach {TARGET_FRACTION:.0%} of the control's mean final validation accuracy "
              f"({report.fmt(target)}%):", "", table, "", *report.figure_block([fig], ctx.out), ""]
     report.finish_report(ctx, "HAT against backprop along training", __doc__, sections + extra, files + [fig])

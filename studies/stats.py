@@ -7,9 +7,12 @@ Conventions (shared by every function in this module):
   and the data order, so element ``s`` of ``arm`` and element ``s`` of ``control`` form a pair.
 * A diverged run is encoded as NaN (any non-finite value is treated the same way) in input accuracy arrays and
   counts as a FAILURE: it is replaced by ``failure_value`` (default ``FAILURE_VALUE = 10.0``, chance accuracy on
-  10 classes), it is never dropped, and the number of such runs is reported (``fill_failures``,
+  10 classes; callers pass each metric's own value), it is never dropped, and the number of such runs is reported (``fill_failures``,
   ``paired_differences``, ``compare``, ``mixed_effects_interaction``). Functions that take an already-derived
   quantity (a difference ``d``, a curve, a generic sample) do not fill anything: they expect finite input.
+  A MISSING value (a metric that is undefined for a run that did not diverge) is not a failure: callers drop
+  its pair before calling ``compare`` and pass the count as ``n_missing``.
+* Degenerate samples (fewer than 2 values, or zero variance) have no t-based p-value: NaN, never 0 or 1.
 
 All functions are pure: they take numpy arrays (or array-likes), do no I/O, never touch a global random number
 generator (every random function takes an explicit ``random_state``: an int seed or a ``np.random.Generator``) and
@@ -32,6 +35,11 @@ __all__ = [
     "ALPHA",
     "DEFAULT_MARGIN",
     "FAILURE_VALUE",
+    "INCONCLUSIVE",
+    "NEGLIGIBLE",
+    "REFUTED",
+    "SUPPORTED",
+    "VERDICTS",
     "VERDICT_RULE",
     "Comparison",
     "auc",
@@ -47,8 +55,10 @@ __all__ = [
     "mixed_effects_interaction",
     "paired_differences",
     "paired_ttest",
+    "power_one_sided",
     "prob_improvement",
     "seeds_for_power",
+    "shown_below_margin",
     "time_to_target",
     "tost_paired",
     "trend_test",
@@ -137,8 +147,9 @@ def paired_differences(
 
 
 def mean_ci_t(x: Any, level: float = 0.95) -> tuple[float, float, float]:
-    """Mean and Student-t confidence interval ``(mean, lo, hi)`` (for curve bands).
+    """Mean and Student-t confidence interval ``(mean, lo, hi)``: the interval of every comparison and curve band.
 
+    Chosen over bootstrap intervals by the coverage simulation in ``tests/test_decision.py`` (n = 5, 10, 30).
     With n == 1 the interval is ``(nan, nan)``; with n == 0 everything is nan.
     """
     if not 0.0 < level < 1.0:
@@ -160,30 +171,27 @@ def bootstrap_ci(
     n_boot: int = 10000,
     random_state: RandomState = 0,
     statistic: Callable[..., Any] = np.mean,
+    method: str = "BCa",
 ) -> tuple[float, float]:
-    """Percentile bootstrap confidence interval ``(lo, hi)`` of ``statistic`` (vectorised).
+    """Bootstrap confidence interval ``(lo, hi)`` of ``statistic``: ``scipy.stats.bootstrap`` (``method`` 'BCa',
+    'percentile' or 'basic'), resampling drawn from ``random_state``. ``statistic`` must accept ``axis``.
 
-    Draws an ``(n_boot, n)`` index matrix from ``random_state`` in one call and evaluates
-    ``statistic(samples, axis=1)``; statistics without an ``axis`` argument are applied row by row.
+    For the mean the t interval (``mean_ci_t``) is used instead: the percentile bootstrap under-covers at small n
+    (see ``tests/test_decision.py``). A constant sample returns ``(c, c)``; an empty one ``(nan, nan)``.
     """
     if not 0.0 < level < 1.0:
         raise ValueError("level must be in (0, 1)")
     if n_boot < 1:
         raise ValueError("n_boot must be >= 1")
     arr = _as_1d(x)
-    n = arr.size
-    if n == 0:
+    if arr.size == 0:
         return math.nan, math.nan
-    rng = _rng(random_state)
-    idx = rng.integers(0, n, size=(n_boot, n))
-    samples = arr[idx]
-    try:
-        boot = np.asarray(statistic(samples, axis=1), dtype=float)
-    except TypeError:
-        boot = np.apply_along_axis(statistic, 1, samples).astype(float)
-    tail = 100.0 * (1.0 - level) / 2.0
-    lo, hi = np.percentile(boot, [tail, 100.0 - tail])
-    return float(lo), float(hi)
+    if np.all(arr == arr[0]):
+        c = float(statistic(arr[None, :], axis=1)[0])
+        return c, c
+    res = sps.bootstrap((arr,), statistic, n_resamples=n_boot, confidence_level=level, method=method,
+                        random_state=_rng(random_state), vectorized=True)
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -191,54 +199,44 @@ def bootstrap_ci(
 # --------------------------------------------------------------------------------------------------------------
 
 
-def paired_ttest(d: Any, alternative: str = "two-sided") -> tuple[float, float]:
-    """Paired t-test of the differences ``d`` against 0 (``scipy.stats.ttest_1samp``); returns ``(t, p)``.
+def _degenerate(arr: np.ndarray) -> bool:
+    """Fewer than 2 values or zero variance: no t-based test is defined (the verdict is then inconclusive)."""
+    return arr.size < 2 or bool(np.all(arr == arr[0]))
 
-    Zero variance (all d equal, where scipy would return nan): all zero -> ``(0.0, 1.0)``; all equal to c != 0 ->
-    ``t = sign(c) * inf`` and ``p = 0.0`` for two-sided and for the one-sided alternative matching sign(c),
-    ``p = 1.0`` for the other one-sided alternative. n < 2 -> ``(nan, nan)``.
+
+def paired_ttest(d: Any, alternative: str = "two-sided", null: float = 0.0) -> tuple[float, float]:
+    """Paired t-test of the differences ``d`` against ``null`` (``scipy.stats.ttest_1samp``); returns ``(t, p)``.
+
+    n < 2 or zero variance (all d equal, e.g. two seeds that each differ by +0.05, or every run of both arms
+    diverged) -> ``(nan, nan)``: the data carry no estimate of the noise, so no p-value is claimed.
     """
     _check_alternative(alternative)
     arr = _as_1d(d, "d")
-    if arr.size < 2:
+    if _degenerate(arr):
         return math.nan, math.nan
-    if np.all(arr == arr[0]):
-        c = float(arr[0])
-        if c == 0.0:
-            return 0.0, 1.0
-        t = math.copysign(math.inf, c)
-        if alternative == "two-sided" or (alternative == "greater") == (c > 0):
-            return t, 0.0
-        return t, 1.0
-    res = sps.ttest_1samp(arr, 0.0, alternative=alternative)
+    res = sps.ttest_1samp(arr, null, alternative=alternative)
     return float(res.statistic), float(res.pvalue)
 
 
 def wilcoxon_test(d: Any, alternative: str = "two-sided") -> tuple[float, float]:
     """Wilcoxon signed-rank test of ``d`` (``scipy.stats.wilcoxon``, default zero handling); returns ``(stat, p)``.
 
-    All-zero d -> ``(0.0, 1.0)``; empty d -> ``(nan, nan)``.
+    Empty or all-zero d -> ``(nan, nan)``.
     """
     _check_alternative(alternative)
     arr = _as_1d(d, "d")
-    if arr.size == 0:
+    if arr.size == 0 or np.all(arr == 0.0):
         return math.nan, math.nan
-    if np.all(arr == 0.0):
-        return 0.0, 1.0
     res = sps.wilcoxon(arr, alternative=alternative)
     return float(res.statistic), float(res.pvalue)
 
 
 def cohens_dz(d: Any) -> float:
-    """Cohen's d_z = mean(d) / sd(d, ddof=1). Zero sd -> 0.0 if mean is 0 else +-inf; n < 2 -> nan."""
+    """Cohen's d_z = mean(d) / sd(d, ddof=1); n < 2 or zero sd -> nan."""
     arr = _as_1d(d, "d")
-    if arr.size < 2:
+    if _degenerate(arr):
         return math.nan
-    m = float(np.mean(arr))
-    sd = float(np.std(arr, ddof=1))
-    if sd == 0.0:
-        return 0.0 if m == 0.0 else math.copysign(math.inf, m)
-    return m / sd
+    return float(np.mean(arr)) / float(np.std(arr, ddof=1))
 
 
 def prob_improvement(d: Any) -> float:
@@ -250,22 +248,18 @@ def prob_improvement(d: Any) -> float:
 
 
 def holm(pvals: Any) -> np.ndarray:
-    """Holm-Bonferroni adjusted p-values (step-down, monotone, clipped at 1), in input order.
+    """Holm-Bonferroni adjusted p-values in input order (``statsmodels multipletests(method="holm")``).
 
     NaN p-values stay NaN in the output but still count in the family size m (they are ranked as p = 1), which is
     the conservative choice.
     """
+    from statsmodels.stats.multitest import multipletests
+
     p = _as_1d(pvals, "pvals")
-    m = p.size
-    if m == 0:
+    if p.size == 0:
         return p.copy()
     nan = np.isnan(p)
-    work = np.where(nan, 1.0, p)
-    order = np.argsort(work, kind="stable")
-    scaled = (m - np.arange(m)) * work[order]
-    adj_sorted = np.minimum(np.maximum.accumulate(scaled), 1.0)
-    out = np.empty(m)
-    out[order] = adj_sorted
+    out = multipletests(np.where(nan, 1.0, p), method="holm")[1]
     out[nan] = math.nan
     return out
 
@@ -273,35 +267,52 @@ def holm(pvals: Any) -> np.ndarray:
 def tost_paired(d: Any, margin: float = DEFAULT_MARGIN) -> float:
     """TOST equivalence p-value for the paired differences with bounds ``(-margin, +margin)``.
 
-    Uses ``statsmodels DescrStatsW(d).ttost_mean(-margin, margin)``: the larger of the two one-sided t-test
-    p-values; small p => arm and control are equivalent within the margin. Zero variance: 0.0 if
-    ``|mean| < margin`` else 1.0. n < 2 -> nan.
+    ``statsmodels DescrStatsW(d).ttost_mean(-margin, margin)``: the larger of the two one-sided t-test p-values;
+    small p => equivalent within the margin. n < 2 or zero variance -> nan.
     """
     if not margin > 0:
         raise ValueError("margin must be > 0")
     arr = _as_1d(d, "d")
-    if arr.size < 2:
+    if _degenerate(arr):
         return math.nan
-    if np.all(arr == arr[0]):
-        return 0.0 if abs(float(arr[0])) < margin else 1.0
     from statsmodels.stats.weightstats import DescrStatsW
 
     pvalue, _, _ = DescrStatsW(arr).ttost_mean(-margin, margin)
     return float(pvalue)
 
 
-def seeds_for_power(sd: float, margin: float = DEFAULT_MARGIN, power: float = 0.8, alpha: float = ALPHA) -> int:
-    """Paired seeds needed for a two-sided paired t-test at ``alpha`` to detect a mean difference of ``margin``.
+def power_one_sided(n: int, effect: float, sd: float, level: float) -> float:
+    """Exact power of a one-sided one-sample t-test at ``level`` when the true mean is ``effect`` away from the
+    null boundary in the tested direction: ``P(T > t_{1-level, n-1})`` with T ~ noncentral t(n - 1, effect sqrt(n)
+    / sd) (``scipy.stats.nct``; numerical integration over the chi-square where scipy returns nan)."""
+    df, nc = n - 1, effect * math.sqrt(n) / sd
+    crit = float(sps.t.ppf(1.0 - level, df))
+    p = float(sps.nct.sf(crit, df, nc))
+    if not math.isfinite(p):
+        from scipy import integrate
 
-    Effect size ``margin / sd``; ``statsmodels TTestPower().solve_power`` then ceil, checked (and if the solver
-    fails, e.g. for very large effects, replaced) by an integer search on ``TTestPower().power`` so that the result
-    is the smallest n >= 2 reaching ``power``. ``sd == 0`` -> 2. NaN sd (fewer than 2 seeds) -> -1, a sentinel
-    meaning "unknown" that keeps tables integer-typed.
+        p = integrate.quad(lambda v: sps.norm.cdf(nc - crit * math.sqrt(v / df)) * sps.chi2.pdf(v, df), 0, np.inf)[0]
+    return min(max(p, 0.0), 1.0)
+
+
+def seeds_for_power(sd: float, margin: float = DEFAULT_MARGIN, power: float = 0.8, alpha: float = ALPHA,
+                    family: int = 1) -> int:
+    """Paired seeds needed by the verdict rule's tests (see ``VERDICT_RULE``) to reach ``power``.
+
+    The rule runs two one-sided t-tests per claim, Holm-adjusted over the ``2 * family`` tests of a family of
+    ``family`` claims. The power is taken at the first Holm step, level ``alpha / (2 * family)``, which bounds every
+    later step from below. Both tests have the same power at one margin from their null boundary (a true effect
+    of ``margin`` against H0 "effect <= 0", a true effect of 0 against H0 "effect >= margin"), so one number
+    answers both: the smallest n >= 2 with ``power_one_sided(n, margin, sd, alpha / (2 * family)) >= power``
+    (power is increasing in n: doubling, then bisection). With ``family = 1`` this is the usual two-sided alpha = 0.05 answer.
+    ``sd == 0`` -> 2; NaN sd (fewer than 2 seeds) -> -1, a sentinel meaning "unknown" that keeps tables integer.
     """
     if not margin > 0:
         raise ValueError("margin must be > 0")
-    if not (alpha < power < 1.0) or not (0.0 < alpha < 1.0):
+    if not (0.0 < alpha < power < 1.0):
         raise ValueError("need 0 < alpha < power < 1")
+    if family < 1:
+        raise ValueError("family must be >= 1")
     sd = float(sd)
     if math.isnan(sd):
         return -1
@@ -309,34 +320,19 @@ def seeds_for_power(sd: float, margin: float = DEFAULT_MARGIN, power: float = 0.
         raise ValueError("sd must be >= 0")
     if sd == 0.0:
         return 2
-    from statsmodels.stats.power import TTestPower
-
-    tp = TTestPower()
-    es = margin / sd
+    level = alpha / (2 * family)
 
     def reaches(n: int) -> bool:
-        return bool(tp.power(effect_size=es, nobs=n, alpha=alpha, alternative="two-sided") >= power)
+        return power_one_sided(n, margin, sd, level) >= power
 
     if reaches(2):
         return 2
-    with warnings.catch_warnings():
-        # the root finder warns (ConvergenceWarning) and returns nan when the answer is tiny; we search instead
-        warnings.simplefilter("ignore")
-        nobs = tp.solve_power(effect_size=es, nobs=None, alpha=alpha, power=power, alternative="two-sided")
-    nobs = float(np.asarray(nobs).reshape(-1)[0])
-    if math.isfinite(nobs) and nobs > 2:
-        n = max(2, math.ceil(nobs - 1e-9))
-        if reaches(n) and not reaches(n - 1):
-            return n
-    lo, hi = 2, 4  # invariant: not reaches(lo), reaches(hi)
+    lo, hi = 2, 4  # invariant: not reaches(lo); doubling, then bisection (power is increasing in n)
     while not reaches(hi):
         lo, hi = hi, hi * 2
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if reaches(mid):
-            hi = mid
-        else:
-            lo = mid
+        lo, hi = (lo, mid) if reaches(mid) else (mid, hi)
     return hi
 
 
@@ -344,23 +340,27 @@ def seeds_for_power(sd: float, margin: float = DEFAULT_MARGIN, power: float = 0.
 # Comparisons and verdicts
 # --------------------------------------------------------------------------------------------------------------
 
+SUPPORTED, NEGLIGIBLE, REFUTED, INCONCLUSIVE = "supported", "negligible", "refuted", "inconclusive"
+VERDICTS = (SUPPORTED, NEGLIGIBLE, REFUTED, INCONCLUSIVE)
+
 VERDICT_RULE = f"""\
-Verdict rule (each claim: "arm is {{greater|less}} than control"; d = arm - control per seed, diverged runs
-scored as {FAILURE_VALUE:g} accuracy points, never dropped; alpha = {ALPHA:g} unless stated):
-  p_claim         = one-sided paired t-test p-value of d in the claimed direction
-                    ("greater": H1 mean(d) > 0; "less": H1 mean(d) < 0).
-  p_opposite      = one-sided paired t-test p-value of d in the opposite direction.
-  p_holm          = Holm-Bonferroni adjustment of p_claim over the family of claims tested together.
-  p_holm_opposite = Holm-Bonferroni adjustment of p_opposite over the same family (a separate Holm pass).
-  p_tost          = TOST equivalence p-value of d with bounds (-margin, +margin) (default margin
-                    {DEFAULT_MARGIN:g} points), not adjusted for multiplicity.
-Checked in this order:
-  supported    if p_holm < alpha and mean(d) is in the claimed direction;
-  refuted      if p_holm_opposite < alpha (a significant effect opposite to the claim), or
-               if p_tost < alpha (arm and control equivalent within +/- margin, while the claim predicts an effect);
-  inconclusive otherwise (including undefined p-values, e.g. n < 2).
-A comparison not passed through holm_family is judged as a family of one (unadjusted p-values).
-The Wilcoxon p-value (two-sided), bootstrap CI, d_z and P(improvement) are reported but do not enter the verdict.
+Verdict rule. Each claim says "arm is {{greater|less}} than control" on one metric; d = arm - control per seed
+(s = +1 for "greater", -1 for "less"; the effect is s * mean(d)). Diverged runs are kept and scored as the metric's
+failure value (stated per metric); a run whose metric is undefined (e.g. too few evaluations) is missing: its
+pair is left out and counted. Each metric has a margin delta > 0, the smallest effect that matters. Per claim,
+two one-sided paired t-tests against the two ends of the interval [0, delta]:
+  p_t      H0: effect <= 0      (rejected: the effect is in the claimed direction)
+  p_below  H0: effect >= delta  (rejected: the effect is smaller than the margin, or opposite)
+All 2m p-values of a family of m claims are Holm-adjusted together (statsmodels multipletests, alpha = {ALPHA:g}):
+p_holm and p_below_holm. Then:
+  supported    p_holm < alpha and p_below_holm >= alpha  (an effect in the claimed direction, not shown negligible)
+  negligible   p_holm < alpha and p_below_holm < alpha   (a real effect, smaller than the margin)
+  refuted      p_holm >= alpha and p_below_holm < alpha  (no effect of the margin's size: equal, smaller or opposite)
+  inconclusive otherwise; also whenever a p-value is undefined: fewer than 2 pairs, or zero variance of d.
+A claim of "no effect" holds when the verdict of the corresponding effect claim is refuted or negligible.
+The 95% t interval of mean(d), Wilcoxon (two-sided), d_z, P(improvement) and the two-sided TOST p-value
+(H0: |mean(d)| >= delta, unadjusted) are reported but do not enter the verdict. "Seeds needed": paired seeds
+for 80% power of these tests at the observed sd of d (one-sided, level alpha / 2m, noncentral t).
 """
 
 
@@ -368,10 +368,11 @@ The Wilcoxon p-value (two-sided), bootstrap CI, d_z and P(improvement) are repor
 class Comparison:
     """All statistics of one paired comparison ``arm`` vs ``control`` (see ``compare`` and ``VERDICT_RULE``).
 
-    ``t``/``p_t``: paired t statistic and its ONE-SIDED p-value in the claimed ``direction``;
-    ``p_t_opposite``: one-sided p-value in the opposite direction; ``wilcoxon_stat``/``p_wilcoxon``: two-sided;
-    ``ci_lo``/``ci_hi``: percentile-bootstrap CI of ``mean_diff``; ``sd_diff``: sd of d (ddof=1).
-    ``p_holm``/``p_holm_opposite``/``verdict`` are filled by ``holm_family``.
+    ``t``/``p_t``: paired t statistic and the one-sided p-value of H0 "effect <= 0"; ``p_below``: one-sided p-value
+    of H0 "effect >= margin"; ``p_t_opposite``: one-sided p-value of H0 "effect >= 0" (reported only);
+    ``ci_lo``/``ci_hi``: 95% t interval of ``mean_diff``; ``sd_diff``: sd of d (ddof=1); ``n``: pairs used;
+    ``n_missing``: pairs left out because a metric was undefined. ``p_holm``/``p_below_holm``/``seeds_needed``/
+    ``verdict`` are filled by ``holm_family``.
     """
 
     arm: str
@@ -395,8 +396,13 @@ class Comparison:
     direction: str = "greater"
     verdict: str = "pending"
     p_t_opposite: float = math.nan
-    p_holm_opposite: float = math.nan
+    p_holm_opposite: float = math.nan  # kept for readers; not used by the verdict
     sd_diff: float = math.nan
+    p_below: float = math.nan
+    p_below_holm: float = math.nan
+    n_missing: int = 0
+    failure_value: float = FAILURE_VALUE
+    family: int = 1
 
     def as_row(self) -> dict[str, Any]:
         """Fields as an ordered dict (for ``format_table``)."""
@@ -412,73 +418,77 @@ def compare(
     margin: float = DEFAULT_MARGIN,
     random_state: RandomState = 0,
     n_boot: int = 10000,
+    failure_value: float = FAILURE_VALUE,
+    n_missing: int = 0,
 ) -> Comparison:
-    """All statistics on the paired differences ``d = arm_acc - control_acc`` (failures filled, see module doc).
+    """All statistics on the paired differences ``d = arm_acc - control_acc`` (NaN = diverged, filled with
+    ``failure_value``; missing pairs must be removed by the caller and are recorded as ``n_missing``).
 
-    The p-value used for the verdict (``p_t``) is the ONE-SIDED paired t-test in the claimed ``direction``
-    ("greater" or "less"); ``p_wilcoxon`` is two-sided. ``ci_lo``/``ci_hi`` is a 95% percentile bootstrap CI of
-    mean(d). ``seeds_needed`` uses the observed sd of d. ``p_holm`` and ``verdict`` are left for ``holm_family``.
+    ``random_state`` and ``n_boot`` are accepted for compatibility; the interval is the t interval (no resampling).
+    ``p_holm``, ``p_below_holm``, ``seeds_needed`` and ``verdict`` are left for ``holm_family``.
     """
     _check_direction(direction)
-    d, n_fa, n_fc = paired_differences(arm_acc, control_acc)
+    if not margin > 0:
+        raise ValueError("margin must be > 0")
+    d, n_fa, n_fc = paired_differences(arm_acc, control_acc, failure_value)
+    s = 1.0 if direction == "greater" else -1.0
     t, p_claim = paired_ttest(d, alternative=direction)
     _, p_opp = paired_ttest(d, alternative=_opposite(direction))
+    _, p_below = paired_ttest(d, alternative=_opposite(direction), null=s * margin)
     w, p_w = wilcoxon_test(d, alternative="two-sided")
-    lo, hi = bootstrap_ci(d, n_boot=n_boot, random_state=random_state)
+    m, lo, hi = mean_ci_t(d)
     sd = float(np.std(d, ddof=1)) if d.size > 1 else math.nan
     return Comparison(
-        arm=arm,
-        control=control,
-        n=int(d.size),
-        n_failed_arm=n_fa,
-        n_failed_control=n_fc,
-        mean_diff=float(np.mean(d)),
-        ci_lo=lo,
-        ci_hi=hi,
-        t=t,
-        p_t=p_claim,
-        wilcoxon_stat=w,
-        p_wilcoxon=p_w,
-        dz=cohens_dz(d),
-        prob_improvement=prob_improvement(d),
-        p_tost=tost_paired(d, margin),
-        margin=float(margin),
-        seeds_needed=seeds_for_power(sd, margin),
-        direction=direction,
-        p_t_opposite=p_opp,
-        sd_diff=sd,
+        arm=arm, control=control, n=int(d.size), n_failed_arm=n_fa, n_failed_control=n_fc, mean_diff=m,
+        ci_lo=lo, ci_hi=hi, t=t, p_t=p_claim, wilcoxon_stat=w, p_wilcoxon=p_w, dz=cohens_dz(d),
+        prob_improvement=prob_improvement(d), p_tost=tost_paired(d, margin), margin=float(margin),
+        seeds_needed=seeds_for_power(sd, margin), direction=direction, p_t_opposite=p_opp, sd_diff=sd,
+        p_below=p_below, n_missing=int(n_missing), failure_value=float(failure_value),
     )
 
 
 def verdict(c: Comparison, alpha: float = ALPHA) -> str:
-    """Return 'supported', 'refuted' or 'inconclusive' exactly as stated in ``VERDICT_RULE``."""
+    """The verdict word of ``VERDICT_RULE`` from ``p_holm`` and ``p_below_holm`` (a comparison not passed through
+    ``holm_family`` is judged as a family of one: its two p-values Holm-adjusted together)."""
     _check_direction(c.direction)
-    p_claim = c.p_holm if not math.isnan(c.p_holm) else c.p_t
-    p_opp = c.p_holm_opposite if not math.isnan(c.p_holm_opposite) else c.p_t_opposite
-    in_direction = c.mean_diff > 0 if c.direction == "greater" else c.mean_diff < 0
-    if p_claim < alpha and in_direction:
-        return "supported"
-    if p_opp < alpha or c.p_tost < alpha:
-        return "refuted"
-    return "inconclusive"
+    if math.isnan(c.p_holm) or math.isnan(c.p_below_holm):
+        if math.isnan(c.p_t) or math.isnan(c.p_below):
+            return INCONCLUSIVE
+        return holm_family([c], alpha)[0].verdict
+    sup, below = c.p_holm < alpha, c.p_below_holm < alpha
+    if sup:
+        return NEGLIGIBLE if below else SUPPORTED
+    return REFUTED if below else INCONCLUSIVE
 
 
 def holm_family(comparisons: Sequence[Comparison], alpha: float = ALPHA) -> list[Comparison]:
-    """Holm-adjust a family of comparisons and assign verdicts.
+    """Holm-adjust a family of m comparisons over its 2m one-sided p-values and assign verdicts.
 
-    Returns NEW Comparison objects (the inputs are not modified) with ``p_holm`` (Holm over the family's one-sided
-    ``p_t``), ``p_holm_opposite`` (Holm over the family's ``p_t_opposite``) and ``verdict`` filled.
+    Returns NEW Comparison objects (the inputs are not modified) with ``p_holm``, ``p_below_holm``,
+    ``p_holm_opposite`` (a separate Holm pass over ``p_t_opposite``, reported only), ``family`` = m,
+    ``seeds_needed`` for this family size and ``verdict`` filled.
     """
     comps = list(comparisons)
     if not comps:
         return []
-    adj = holm([c.p_t for c in comps])
+    m = len(comps)
+    adj = holm([c.p_t for c in comps] + [c.p_below for c in comps])
     adj_opp = holm([c.p_t_opposite for c in comps])
     out = []
-    for c, p, po in zip(comps, adj, adj_opp):
-        filled = dataclasses.replace(c, p_holm=float(p), p_holm_opposite=float(po))
-        out.append(dataclasses.replace(filled, verdict=verdict(filled, alpha)))
+    for i, c in enumerate(comps):
+        filled = dataclasses.replace(c, p_holm=float(adj[i]), p_below_holm=float(adj[m + i]),
+                                     p_holm_opposite=float(adj_opp[i]), family=m,
+                                     seeds_needed=seeds_for_power(c.sd_diff, c.margin, alpha=alpha, family=m))
+        if math.isnan(c.p_t) or math.isnan(c.p_below):
+            out.append(dataclasses.replace(filled, verdict=INCONCLUSIVE))
+        else:
+            out.append(dataclasses.replace(filled, verdict=verdict(filled, alpha)))
     return out
+
+
+def shown_below_margin(verdict_word: str) -> bool:
+    """A claim of "no effect" (no benefit of the margin's size) holds: the effect claim is refuted or negligible."""
+    return verdict_word in (REFUTED, NEGLIGIBLE)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -63,31 +63,44 @@ def test_bootstrap_ci_constant_array_is_the_constant():
 def test_bootstrap_ci_matches_naive_loop_with_same_generator():
     x = np.array([0.3, -1.2, 2.5, 0.0, 4.1, 1.7, -0.6])
     n_boot = 2000
-    lo, hi = S.bootstrap_ci(x, level=0.9, n_boot=n_boot, random_state=123)
+    # percentile method: scipy draws all resamples at once, rng.integers(0, n, (n_boot, n)), and takes the
+    # np.percentile quantiles of the resampled means -- a vectorised naive loop with the same generator
+    lo, hi = S.bootstrap_ci(x, level=0.9, n_boot=n_boot, random_state=123, method="percentile")
     rng = np.random.default_rng(123)
-    boot = [np.mean(x[rng.integers(0, x.size, size=x.size)]) for _ in range(n_boot)]
+    boot = x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(axis=1)
     ref_lo, ref_hi = np.percentile(boot, [5.0, 95.0])
     assert lo == pytest.approx(ref_lo, abs=1e-9)
     assert hi == pytest.approx(ref_hi, abs=1e-9)
     # an independent generator gives approximately the same interval
     rng2 = np.random.default_rng(999)
-    boot2 = [np.mean(x[rng2.integers(0, x.size, size=x.size)]) for _ in range(n_boot)]
+    boot2 = x[rng2.integers(0, x.size, size=(n_boot, x.size))].mean(axis=1)
     ref2 = np.percentile(boot2, [5.0, 95.0])
     assert lo == pytest.approx(ref2[0], abs=0.15) and hi == pytest.approx(ref2[1], abs=0.15)
+    # default (BCa) and basic: exactly scipy.stats.bootstrap with the same seed
+    for method in ("BCa", "basic", "percentile"):
+        ref = sps.bootstrap((x,), np.mean, n_resamples=n_boot, confidence_level=0.9, method=method,
+                            random_state=np.random.default_rng(123), vectorized=True).confidence_interval
+        got = S.bootstrap_ci(x, level=0.9, n_boot=n_boot, random_state=123, method=method)
+        assert got == pytest.approx((ref.low, ref.high), abs=1e-12), method
+    assert S.bootstrap_ci(x, level=0.9, n_boot=n_boot, random_state=123) == pytest.approx(
+        S.bootstrap_ci(x, level=0.9, n_boot=n_boot, random_state=123, method="BCa"), abs=0)
+    # BCa differs from the percentile interval on this skewed sample
+    assert S.bootstrap_ci(x, level=0.9, n_boot=n_boot, random_state=123) != pytest.approx((lo, hi), abs=1e-6)
+    assert all(math.isnan(v) for v in S.bootstrap_ci([], n_boot=10))
 
 
 def test_bootstrap_ci_statistic_without_axis_and_generator_input():
     x = np.array([1.0, 5.0, 2.0, 8.0, 3.0])
     a = S.bootstrap_ci(x, n_boot=300, random_state=np.random.default_rng(5), statistic=np.median)
-    b = S.bootstrap_ci(x, n_boot=300, random_state=5, statistic=lambda s: float(np.median(s)))  # no axis kwarg
-    assert a == pytest.approx(b)
+    b = S.bootstrap_ci(x, n_boot=300, random_state=5, statistic=np.median)  # int seed == Generator(seed)
+    assert a == pytest.approx(b, abs=0)
+    ref = sps.bootstrap((x,), np.median, n_resamples=300, method="BCa", random_state=np.random.default_rng(5),
+                        vectorized=True).confidence_interval
+    assert a == pytest.approx((ref.low, ref.high), abs=1e-12)
+    with pytest.raises(TypeError):  # documented: statistic must accept axis (vectorised resampling)
+        S.bootstrap_ci(x, n_boot=300, random_state=5, statistic=lambda s: float(np.median(s)))
     with pytest.raises(TypeError):
         S.bootstrap_ci(x, random_state=None)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# tests on paired differences
-# --------------------------------------------------------------------------------------------------------------
 
 
 def test_paired_ttest_hand_formula():
@@ -104,14 +117,16 @@ def test_paired_ttest_hand_formula():
 
 
 def test_paired_ttest_zero_variance():
-    assert S.paired_ttest([0.0, 0.0, 0.0]) == (0.0, 1.0)
-    assert S.paired_ttest([0.0, 0.0, 0.0], "greater") == (0.0, 1.0)
-    assert S.paired_ttest([2.0, 2.0], "two-sided") == (math.inf, 0.0)
-    assert S.paired_ttest([2.0, 2.0], "greater") == (math.inf, 0.0)
-    assert S.paired_ttest([2.0, 2.0], "less") == (math.inf, 1.0)
-    assert S.paired_ttest([-2.0, -2.0], "less") == (-math.inf, 0.0)
-    assert S.paired_ttest([-2.0, -2.0], "greater") == (-math.inf, 1.0)
-    assert all(math.isnan(v) for v in S.paired_ttest([1.0]))
+    # degenerate samples (zero variance or n < 2) have no t-based p-value: (nan, nan), never p = 0 or 1
+    for d in ([0.0, 0.0, 0.0], [2.0, 2.0], [-2.0, -2.0], [0.05, 0.05, 0.05], [1.0]):
+        for alt in ("two-sided", "greater", "less"):
+            t, p = S.paired_ttest(d, alt)
+            assert math.isnan(t) and math.isnan(p), (d, alt)
+        t, p = S.paired_ttest(d, "less", null=0.5)
+        assert math.isnan(t) and math.isnan(p)
+    # a tiny but non-zero variance is not degenerate
+    t, p = S.paired_ttest([2.0, 2.0 + 1e-6], "greater")
+    assert math.isfinite(t) and p < 0.01
 
 
 def test_wilcoxon_exact_hand_values():
@@ -122,15 +137,17 @@ def test_wilcoxon_exact_hand_values():
     assert stat == 3.0 and p == pytest.approx(10 / 32)
     stat_g, p_g = S.wilcoxon_test(d, "greater")
     assert stat_g == 12.0 and p_g == pytest.approx(5 / 32)
-    assert S.wilcoxon_test([0.0, 0.0, 0.0]) == (0.0, 1.0)
+    for zeros in ([0.0, 0.0, 0.0], [0.0]):
+        stat0, p0 = S.wilcoxon_test(zeros)
+        assert math.isnan(stat0) and math.isnan(p0)
+    assert all(math.isnan(v) for v in S.wilcoxon_test([]))
 
 
 def test_cohens_dz_by_hand():
     assert S.cohens_dz([1.0, 2.0, 3.0]) == pytest.approx(2.0)  # mean 2, sd 1
     assert S.cohens_dz([-1.0, 1.0, 3.0]) == pytest.approx(0.5)  # mean 1, sd 2
-    assert S.cohens_dz([0.0, 0.0]) == 0.0
-    assert S.cohens_dz([1.5, 1.5]) == math.inf
-    assert S.cohens_dz([-1.5, -1.5]) == -math.inf
+    for d in ([0.0, 0.0], [1.5, 1.5], [-1.5, -1.5], [4.0]):  # zero sd or n < 2 -> nan (not 0 or +-inf)
+        assert math.isnan(S.cohens_dz(d)), d
 
 
 def test_prob_improvement_by_hand():
@@ -171,8 +188,10 @@ def test_tost_equivalent_and_shifted():
     p_lower = sps.t.sf((m + 0.5) / se, n - 1)  # H0: mean <= -0.5
     p_upper = sps.t.cdf((m - 0.5) / se, n - 1)  # H0: mean >= +0.5
     assert S.tost_paired(d, 0.5) == pytest.approx(max(p_lower, p_upper), rel=1e-9)
-    assert S.tost_paired([0.1, 0.1, 0.1]) == 0.0
-    assert S.tost_paired([0.7, 0.7]) == 1.0
+    # zero variance or n < 2: no p-value
+    assert math.isnan(S.tost_paired([0.1, 0.1, 0.1]))
+    assert math.isnan(S.tost_paired([0.7, 0.7]))
+    assert math.isnan(S.tost_paired([0.0]))
 
 
 def _power_two_sided(n: int, es: float, alpha: float = 0.05) -> float:
@@ -233,53 +252,127 @@ def test_compare_fields_match_independent_computations():
         S.compare(arm, CONTROL, direction="two-sided")
 
 
+def _holm_by_hand(p):
+    """Holm step-down written out: sort, multiply the k-th smallest by (m - k), running max, clip at 1."""
+    p = [1.0 if math.isnan(v) else float(v) for v in p]
+    m = len(p)
+    order = sorted(range(m), key=lambda i: p[i])
+    out, running = [0.0] * m, 0.0
+    for k, i in enumerate(order):
+        running = max(running, min(1.0, (m - k) * p[i]))
+        out[i] = running
+    return out
+
+
+def _one_sided_by_hand(d, null, greater):
+    d = np.asarray(d, float)
+    n = d.size
+    mean = d.sum() / n
+    se = math.sqrt(((d - mean) ** 2).sum() / (n - 1)) / math.sqrt(n)
+    t = (mean - null) / se
+    return float(sps.t.sf(t, n - 1)) if greater else float(sps.t.cdf(t, n - 1))
+
+
 def test_verdict_table_on_constructed_cases():
+    # tiny hand-made differences d (control = 0), margin 0.5, claim "greater"
     cases = {
-        "clear improvement": (CONTROL + 2.0 + NOISE, CONTROL, "supported"),
-        "clear harm": (CONTROL - 2.0 + NOISE, CONTROL, "refuted"),
-        # mean diff 0.05 with sd ~2 on 5 seeds: neither significant nor equivalent within 0.5
-        "tiny noisy": (CONTROL[:5] + np.array([2.05, -1.95, 1.55, -1.45, 0.05]), CONTROL[:5], "inconclusive"),
-        # mean diff 0 with sd 0.1 on 40 seeds: equivalent within +-0.5 -> the claimed effect is refuted
-        "equivalent": (np.tile(CONTROL, 4) + np.tile([0.1, -0.1], 20), np.tile(CONTROL, 4), "refuted"),
+        # mean 2, sd 0.158: effect > 0 shown, effect < 0.5 not shown
+        "supported": ([2.0, 2.2, 1.8, 2.1, 1.9], "supported"),
+        # mean 0.2, sd 0.0071: a real effect, shown smaller than the margin
+        "negligible": ([0.2, 0.21, 0.19, 0.2, 0.2], "negligible"),
+        # mean 0, sd 0.079: no effect > 0 shown, effect < 0.5 shown
+        "refuted": ([0.1, -0.1, 0.05, -0.05, 0.0], "refuted"),
+        # clear harm: an effect opposite to the claim is "smaller than the margin"
+        "harm": ([-2.0, -2.2, -1.8, -2.1, -1.9], "refuted"),
+        # mean 0.02 with sd ~1.7 on 5 seeds: neither
+        "noisy": ([2.0, -2.0, 1.5, -1.5, 0.1], "inconclusive"),
     }
-    comps = [S.compare(a, c, arm=name, n_boot=200) for name, (a, c, _) in cases.items()]
-    for c, (name, (_, _, expected)) in zip(comps, cases.items()):
-        assert S.holm_family([c])[0].verdict == expected, name  # family of one
+    zeros = np.zeros(5)
+    comps = [S.compare(np.asarray(d), zeros, arm=name) for name, (d, _) in cases.items()]
+    p_t = [_one_sided_by_hand(d, 0.0, True) for d, _ in cases.values()]
+    p_below = [_one_sided_by_hand(d, 0.5, False) for d, _ in cases.values()]
+    for c, pt, pb in zip(comps, p_t, p_below):
+        assert c.p_t == pytest.approx(pt, rel=1e-9) and c.p_below == pytest.approx(pb, rel=1e-9), c.arm
+    # family of one: its two p-values Holm-adjusted together
+    for c, pt, pb, (name, (_, expected)) in zip(comps, p_t, p_below, cases.items()):
+        one = S.holm_family([c])[0]
+        h = _holm_by_hand([pt, pb])
+        assert one.p_holm == pytest.approx(h[0], rel=1e-9) and one.p_below_holm == pytest.approx(h[1], rel=1e-9)
+        assert one.verdict == expected, name
+        assert S.verdict(c) == expected, name  # not passed through holm_family: judged as a family of one
+    # the whole family: Holm over all 2m = 10 p-values
     fam = S.holm_family(comps)
-    assert [c.verdict for c in fam] == [e for (_, _, e) in cases.values()]
-    np.testing.assert_allclose([c.p_holm for c in fam], S.holm([c.p_t for c in comps]))
+    h = _holm_by_hand(p_t + p_below)
+    m = len(comps)
+    np.testing.assert_allclose([c.p_holm for c in fam], h[:m], rtol=1e-9)
+    np.testing.assert_allclose([c.p_below_holm for c in fam], h[m:], rtol=1e-9)
+    np.testing.assert_allclose([c.p_holm for c in fam], S.holm(p_t + p_below)[:m], rtol=1e-12)
+    expected_words = []
+    for a, b in zip(h[:m], h[m:]):
+        expected_words.append({(True, False): "supported", (True, True): "negligible", (False, True): "refuted",
+                               (False, False): "inconclusive"}[(a < 0.05, b < 0.05)])
+    assert [c.verdict for c in fam] == expected_words == [e for (_, e) in cases.values()]
+    assert all(c.family == m for c in fam)
     assert all(c.verdict == "pending" for c in comps)  # inputs untouched
-    # "less" direction: a harm claimed as harm is supported
-    harm = S.compare(CONTROL - 2.0 + NOISE, CONTROL, direction="less", n_boot=200)
+    # "less" direction: a harm claimed as harm is supported; p_below tests H0 effect >= margin, i.e. mean(d) <= -0.5
+    harm = S.compare(np.array(cases["harm"][0]), zeros, direction="less")
+    assert harm.p_t == pytest.approx(_one_sided_by_hand(cases["harm"][0], 0.0, False), rel=1e-9)
+    assert harm.p_below == pytest.approx(_one_sided_by_hand(cases["harm"][0], -0.5, True), rel=1e-9)
     assert S.holm_family([harm])[0].verdict == "supported"
+    # degenerate: zero variance (two seeds each +0.05) or one seed -> nan p-values, inconclusive
+    for d in ([0.05, 0.05], [3.0]):
+        c = S.compare(np.asarray(d), np.zeros(len(d)))
+        assert math.isnan(c.p_t) and math.isnan(c.p_below)
+        assert S.verdict(c) == "inconclusive" and S.holm_family([c])[0].verdict == "inconclusive"
+    # every run of both arms diverged: d = 0 everywhere -> inconclusive, failures counted
+    c = S.compare([np.nan, np.nan, np.nan], [np.nan, np.nan, np.nan])
+    assert (c.n_failed_arm, c.n_failed_control) == (3, 3) and S.verdict(c) == "inconclusive"
 
 
-def _fake(p_t: float, p_opp: float, p_tost: float = 0.9, mean_diff: float = 1.0, direction: str = "greater"):
+def _fake(p_t: float, p_below: float, p_opp: float = 0.5, p_tost: float = 0.9, mean_diff: float = 1.0,
+          direction: str = "greater"):
     return S.Comparison(
         arm="a", control="c", n=10, n_failed_arm=0, n_failed_control=0, mean_diff=mean_diff, ci_lo=0.0, ci_hi=0.0,
         t=0.0, p_t=p_t, wilcoxon_stat=0.0, p_wilcoxon=0.5, dz=0.0, prob_improvement=0.5, p_tost=p_tost, margin=0.5,
-        seeds_needed=10, direction=direction, p_t_opposite=p_opp,
+        seeds_needed=10, direction=direction, p_t_opposite=p_opp, p_below=p_below, sd_diff=1.0,
     )
 
 
 def test_holm_family_adjustment_changes_verdicts():
-    # claim p = 0.02 alone -> supported; in a family of 3 Holm gives 3 * 0.02 = 0.06 -> inconclusive
-    assert S.verdict(_fake(0.02, 0.98)) == "supported"
-    fam = S.holm_family([_fake(0.02, 0.98), _fake(0.5, 0.5, mean_diff=0.0), _fake(0.7, 0.3, mean_diff=-0.1)])
-    assert fam[0].p_holm == pytest.approx(0.06)
+    # alone: Holm over [0.02, 0.9] -> 0.04 < 0.05 -> supported
+    assert S.verdict(_fake(0.02, 0.9)) == "supported"
+    assert S.holm_family([_fake(0.02, 0.9)])[0].p_holm == pytest.approx(0.04)
+    # family of 3 -> 6 p-values: 0.02 * 6 = 0.12 -> inconclusive
+    fam = S.holm_family([_fake(0.02, 0.9), _fake(0.5, 0.5, mean_diff=0.0), _fake(0.7, 0.3, mean_diff=-0.1)])
+    assert fam[0].p_holm == pytest.approx(0.12)
+    assert fam[2].p_below_holm == pytest.approx(min(1.0, 5 * 0.3))  # hand: 0.02*6, 0.3*5 = 1.5 -> 1
     assert [c.verdict for c in fam] == ["inconclusive"] * 3
-    # opposite direction: 0.02 * 3 = 0.06 not refuted, 0.01 * 3 = 0.03 refuted
-    fam = S.holm_family([_fake(0.98, 0.02, mean_diff=-1), _fake(0.5, 0.5), _fake(0.5, 0.5)])
-    assert fam[0].verdict == "inconclusive"
-    fam = S.holm_family([_fake(0.99, 0.01, mean_diff=-1), _fake(0.5, 0.5), _fake(0.5, 0.5)])
-    assert fam[0].p_holm_opposite == pytest.approx(0.03) and fam[0].verdict == "refuted"
-    # significant p but mean in the wrong direction is not support
-    assert S.verdict(_fake(0.01, 0.99, mean_diff=-0.2)) == "inconclusive"
-    assert S.verdict(_fake(0.01, 0.99, mean_diff=-0.2, direction="less")) == "supported"
-    # TOST alone refutes; NaN p-values are inconclusive
-    assert S.verdict(_fake(0.4, 0.6, p_tost=0.01)) == "refuted"
+    # refuted alone (0.01 * 2 = 0.02), not in a family of 3 (0.01 * 6 = 0.06), yes with 0.005 * 6 = 0.03
+    assert S.verdict(_fake(0.99, 0.01)) == "refuted"
+    fam = S.holm_family([_fake(0.99, 0.01), _fake(0.5, 0.5), _fake(0.5, 0.5)])
+    assert fam[0].p_below_holm == pytest.approx(0.06) and fam[0].verdict == "inconclusive"
+    fam = S.holm_family([_fake(0.99, 0.005, p_opp=0.01), _fake(0.5, 0.5), _fake(0.5, 0.5)])
+    assert fam[0].p_below_holm == pytest.approx(0.03) and fam[0].verdict == "refuted"
+    # p_holm_opposite: a separate Holm over p_t_opposite, reported only (0.01 * 3)
+    assert fam[0].p_holm_opposite == pytest.approx(0.03)
+    # negligible: both rejected; [0.001, 0.03] -> 0.002, 0.03; [0.001, 0.06] -> 0.002, 0.06 -> supported
+    assert S.verdict(_fake(0.001, 0.03)) == "negligible"
+    assert S.verdict(_fake(0.001, 0.06)) == "supported"
+    fam = S.holm_family([_fake(0.001, 0.03), _fake(0.5, 0.5)])  # 0.03 * 3 = 0.09 -> supported in a family of 2
+    assert fam[0].p_below_holm == pytest.approx(0.09) and fam[0].verdict == "supported"
+    # only the p-values decide: mean_diff, direction and TOST do not enter the verdict
+    assert S.verdict(_fake(0.01, 0.99, mean_diff=-0.2)) == "supported"
+    assert S.verdict(_fake(0.4, 0.6, p_tost=0.01)) == "inconclusive"
+    # NaN p-values are inconclusive, and count in the family size (ranked as p = 1)
     assert S.verdict(_fake(math.nan, math.nan, p_tost=math.nan)) == "inconclusive"
-    assert "supported" in S.VERDICT_RULE and "Holm" in S.VERDICT_RULE and "TOST" in S.VERDICT_RULE
+    assert S.verdict(_fake(0.001, math.nan)) == "inconclusive"
+    fam = S.holm_family([_fake(0.001, 0.9), _fake(math.nan, math.nan)])
+    assert fam[0].p_holm == pytest.approx(0.004) and fam[1].verdict == "inconclusive"
+    assert math.isnan(fam[1].p_holm) and math.isnan(fam[1].p_below_holm)
+    for word in ("supported", "negligible", "refuted", "inconclusive", "Holm", "TOST"):
+        assert word in S.VERDICT_RULE
+    assert S.shown_below_margin("refuted") and S.shown_below_margin("negligible")
+    assert not S.shown_below_margin("supported") and not S.shown_below_margin("inconclusive")
 
 
 # --------------------------------------------------------------------------------------------------------------
