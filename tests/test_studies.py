@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("HAT_DATA", REPO.parent / "shared" / "data"))
 pytestmark = pytest.mark.skipif(not (DATA / "FashionMNIST" / "raw").is_dir(), reason="Fashion-MNIST not available")
 
-VERDICT = re.compile(r"VERDICT (\S+): (SUPPORTED|REFUTED|INCONCLUSIVE) .*Holm p = ([0-9.e+-]+|nan)\)")
+VERDICT = re.compile(r"VERDICT (\S+): (SUPPORTED|NEGLIGIBLE|REFUTED|INCONCLUSIVE) .*Holm p = ([0-9.e+-]+|nan)\)")
 
 
 def stores(tmp_path: Path) -> list[str]:
@@ -54,7 +54,8 @@ def test_fixed_rule_smoke_end_to_end(tmp_path, capsys):
     assert set(verdicts) == {h.key for h in hyps}
 
     # The per-seed CSV holds every arm on every seed, and the verdicts follow from it:
-    # recompute one-sided paired t-tests and Holm independently (diverged runs count as 10%).
+    # recompute the two one-sided paired t-tests per claim (effect > 0, effect < margin) and Holm over all 2m
+    # p-values independently (diverged runs count as 10%; zero variance: no p-value).
     results = read_results(out / "results.csv")
     arms = [a.name for a in fixed_rule.build_arms([""], "", "")]
     assert set(results) == {(a, s) for a in arms for s in range(3)}
@@ -63,18 +64,29 @@ def test_fixed_rule_smoke_end_to_end(tmp_path, capsys):
         return np.array([float(results[(arm, s)]["test_acc"]) if results[(arm, s)]["status"] == "ok" else 10.0
                          for s in range(3)])
 
-    pvals = []
+    margin = 0.5  # the smoke scale's margin (test accuracy points)
+    p_eff, p_below = [], []
     for h in hyps:
+        assert h.metric == "test_acc"
         d = acc(h.arm) - acc("control")
-        if np.all(d == d[0]):
-            pvals.append(1.0 if d[0] == 0 or (d[0] > 0) != (h.direction == "greater") else 0.0)
-        else:
-            pvals.append(sps.ttest_1samp(d, 0.0, alternative=h.direction).pvalue)
-    holm = multipletests(pvals, method="holm")[1]
-    for h, p in zip(hyps, holm):
-        assert verdicts[h.key][1] == pytest.approx(p, rel=2e-3, abs=1e-3), h.key
-        if verdicts[h.key][0] == "SUPPORTED":
-            assert p < 0.05
+        sign = 1.0 if h.direction == "greater" else -1.0
+        opposite = "less" if h.direction == "greater" else "greater"
+        degenerate = np.all(d == d[0])
+        p_eff.append(np.nan if degenerate else sps.ttest_1samp(d, 0.0, alternative=h.direction).pvalue)
+        p_below.append(np.nan if degenerate else sps.ttest_1samp(d, sign * margin, alternative=opposite).pvalue)
+    both = np.array(p_eff + p_below)
+    holm = np.full(both.size, np.nan)
+    holm_all = multipletests(np.where(np.isnan(both), 1.0, both), method="holm")[1]
+    holm[~np.isnan(both)] = holm_all[~np.isnan(both)]
+    for i, h in enumerate(hyps):
+        word, p = verdicts[h.key]
+        if np.isnan(holm[i]):
+            assert np.isnan(p) and word == "INCONCLUSIVE", h.key
+            continue
+        assert p == pytest.approx(holm[i], rel=2e-3, abs=1e-3), h.key
+        effect, below = holm[i] < 0.05, holm[len(hyps) + i] < 0.05
+        assert word == {(True, False): "SUPPORTED", (True, True): "NEGLIGIBLE", (False, True): "REFUTED",
+                        (False, False): "INCONCLUSIVE"}[(effect, below)], h.key
 
     # MLflow: one parent; tuning and replicate runs are its children, tagged for the compare view.
     parents = mlflow_runs(tmp_path, "tags.phase = 'study'")
