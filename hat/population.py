@@ -99,6 +99,9 @@ def population_forward(learners: list[Learner], rules, x: Tensor, cfg: TrainConf
             continue
         v_hat = act(z)
         pre, ww, post = (v.detach(), w.detach(), v_hat.detach()) if cfg.detach_rule_inputs else (v, w, v_hat)
+        for r in rules:
+            if hasattr(r, "set_layer"):
+                r.set_layer(layer)  # rules with per-layer coefficients or state (rules/base.py)
         g = grads[layer] if rules[0].uses_grad else None
         d = population_delta(rules, pre, ww, post, g)  # (P, O, I)
         w_new = w + cfg.rate * d

@@ -99,6 +99,8 @@ def build_rule(cfg: TrainConfig) -> rules.Rule:
     cls = rules.rule_class(cfg.rule)
     if "seed" in inspect.signature(cls.__init__).parameters and "seed" not in params:
         params["seed"] = cfg.seed  # each seed's meta-learner starts differently
+    if "n_layers" in inspect.signature(cls.__init__).parameters and "n_layers" not in params:
+        params["n_layers"] = len(cfg.widths) - 1  # rules with per-layer coefficients or state
     rule = rules.get(cfg.rule, **params)
     if hasattr(rule, "set_trainable") and not cfg.trainable_rule:
         rule.set_trainable(False)
@@ -119,6 +121,8 @@ def hat_forward(learner: Learner, rule: rules.Rule | None, x: Tensor, cfg: Train
         z = v @ w.T + b  # (B, O)
         v_hat = act(z)
         pre, ww, post = (v.detach(), w.detach(), v_hat.detach()) if cfg.detach_rule_inputs else (v, w, v_hat)
+        if hasattr(rule, "set_layer"):
+            rule.set_layer(layer)  # rules with per-layer coefficients or state (rules/base.py)
         g = grads[layer] if rule.uses_grad else None
         d = rule.delta(pre, ww, post, g)  # (O, I)
         w_new = w + cfg.rate * d

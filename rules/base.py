@@ -58,8 +58,18 @@ class Rule(nn.Module):
         """JSON-serializable description, logged as run parameters."""
         return {"rule": self.name}
 
-    # Optional: a rule that defines `set_epoch(epoch: float)` is told the training progress
-    # (in epochs) before every step; see rules/schedule.py.
+    # Optional hooks and conventions (the trainer looks for them):
+    # - `set_epoch(epoch: float)`: told the training progress (in epochs) once before every step
+    #   (rules/schedule.py; rules/bcm.py commits its per-step state there).
+    # - `set_layer(layer: int)`: told the layer index l before `delta`/`per_sample_drive` of layer l
+    #   (per-layer coefficients: rules/abcd.py; hidden-layer-only rules: rules/krotov.py).
+    # - an `n_layers` constructor parameter: `build_rule` passes len(cfg.widths) - 1 (like `seed`).
+    # - `set_trainable(flag)`: `trainable_rule=False` calls it. The rule's nn.Parameters are trained
+    #   by the same backward pass that trains M (the trainer's rule optimizer covers rule.parameters()).
+    # - state across steps lives in registered buffers (saved by `state_dict()`, hence in snapshots),
+    #   updated under torch.no_grad (a constant for gradients); repeated calls with the same state and
+    #   inputs must give the same output, so commit a step's statistics in `set_epoch` (rules/bcm.py).
+    # - `config()`: a JSON dict describing the architecture; with it the trainer saves snapshots.
 
 
 class ElementwiseRule(Rule):
