@@ -78,7 +78,7 @@ def difference_curve(results: dict, arm: str, seeds: list[int], key: str = "val_
 
 def n_diverged(results: dict, arm: str, seeds: list[int]) -> tuple[int, int]:
     """Diverged runs of `arm` and of the control over `seeds` (kept in the difference curve as failures)."""
-    return tuple(sum(results[(a, s)]["status"] != "ok" for s in seeds) for a in (arm, "control"))
+    return tuple(int(analysis.metric_outcomes(results, a, seeds, "val_auc")[1].sum()) for a in (arm, "control"))
 
 
 def late_verdict(x, lo) -> tuple[str, float]:
