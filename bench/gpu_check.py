@@ -11,7 +11,7 @@ Sections, each with its own time budget so the whole run fits about 8 minutes on
      check fails (the rest of the file is still written).
   2. rule step: one forward + backward of the rule on one layer for every implementation of
      `studies.throughput` (paper-style 1x1 convolution, naive broadcast, torch.compile, fused, triton).
-  3. training steps of the paper preset (`hat.trainer.train` at P = 1, `hat.population.train_population`
+  3. training steps of the paper preset (`hat.trainer.train` at P = 1, `hat.trainer.train_population`
      at P = 25), HAT and the control, with peak GPU memory.
   4. one epoch of the paper preset, HAT and control: accuracy and seconds per epoch.
   5. projection of the paper protocol (100 HAT + 100 control runs of 20 epochs, plus the paper
@@ -307,8 +307,7 @@ def paper_cfg(rule: str, device: str, overrides: dict, **changes):
 
 
 def run_training(cfg, data, P: int):
-    from hat.population import train_population
-    from hat.trainer import train
+    from hat.trainer import train, train_population
 
     if P == 1:
         return [train(cfg, data=data, tracker=None, progress=False, plot=False)]

@@ -4,7 +4,30 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
+
+ACTIVATION_NAMES = ("sigmoid", "relu", "tanh", "identity")  # hidden activations the trainer knows
+OPTIMIZERS = ("adam", "sgd")
+LABEL_MODES = ("subset", "batch")
+OUTPUT_RULE_ACTS = ("identity", "hidden")  # what M sees as v_j at the output layer
+FASHION_TRAIN, FASHION_INPUTS, FASHION_CLASSES = 60_000, 784, 10  # Fashion-MNIST: training examples, pixels, classes
+
+
+class ConfigError(ValueError):
+    """A TrainConfig value that cannot work; the message names the flag, the value and what is accepted."""
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
 
 
 @dataclass
@@ -17,19 +40,19 @@ class TrainConfig:
     # local rule M
     rule: str = "none"  # registry name; "none" is the backprop control
     rule_params: dict = field(default_factory=dict)  # keyword arguments of the rule
-    mlp: dict = field(default_factory=lambda: {"inputs": ["pre", "w", "post"], "hidden": 16, "act": "relu"})
-    # ^ meta-learner architecture, used when rule == "mlp" (rule_params override it)
+    mlp: dict = field(default_factory=lambda: {"inputs": ["pre", "w", "post"], "hidden": 16, "act": "relu"})  # M's architecture (rule mlp; rule_params override it)
     rate: float = 1e-3  # W' = W + rate * delta
     trainable_rule: bool = True  # train the rule's parameters by backprop (if it has any)
     detach_rule_inputs: bool = False  # stop gradients into (v, W, v_hat) through the rule
     local_layers: tuple[int, ...] | None = None  # layer indices with local updates (None: all)
     per_sample: bool = False  # authors' variant: each sample's output uses its own update
+    output_rule_act: str = "identity"  # v_j that M sees at the output layer: identity (the raw logits) or hidden (sigma, as in Algorithm 1); logits stay linear
     # optimization
     optimizer: str = "adam"  # learner optimizer: adam or sgd
     lr: float = 1e-3  # learner learning rate
     rule_optimizer: str = "adam"  # meta-learner optimizer: adam or sgd
     rule_lr: float = 1e-3  # meta-learner learning rate
-    batch_size: int = 50
+    batch_size: int = 50  # examples per training step (positive, at most the training examples used)
     epochs: float = 1.0  # may be fractional
     grad_clip: float | None = None  # max grad norm for L and M (None: off)
     # data
@@ -47,6 +70,96 @@ class TrainConfig:
 
     def replace(self, **changes) -> TrainConfig:
         return dataclasses.replace(self, **changes)
+
+    def validate(self, n_train: int | None = None, n_inputs: int | None = FASHION_INPUTS,
+                 n_classes: int | None = FASHION_CLASSES) -> TrainConfig:
+        """Raise ConfigError (one line: flag, bad value, what is accepted) for a value that cannot work; else self.
+
+        n_train: training examples available before `train_limit` (default: Fashion-MNIST's 60,000 minus
+        `val_size`); n_inputs / n_classes: what `widths` must start and end with (None: not checked).
+        Rule names and rule parameters are checked where the rule is built (`rules.get`).
+        """
+        def bad(name, accepted, value=None):
+            value = getattr(self, name) if value is None else value
+            shown = " ".join(map(str, value)) if isinstance(value, tuple) else value
+            raise ConfigError(f"{flag(name)} {shown}: {accepted}")
+
+        def positive_int(name, optional=False):
+            v = getattr(self, name)
+            if optional and v is None:
+                return
+            if not _is_int(v) or v <= 0:
+                bad(name, "expected a positive integer" + (" (or unset)" if optional else ""))
+
+        def positive_real(name, optional=False):
+            v = getattr(self, name)
+            if optional and v is None:
+                return
+            if not _is_real(v) or not math.isfinite(v) or v <= 0:
+                bad(name, "expected a finite number > 0" + (" (or unset)" if optional else ""))
+
+        w = self.widths
+        if not isinstance(w, tuple | list) or len(w) < 2 or not all(_is_int(x) and x > 0 for x in w):
+            bad("widths", "expected at least two positive layer sizes, input to logits (e.g. 784 100 10)", tuple(w or ()))
+        if n_inputs is not None and w[0] != n_inputs:
+            bad("widths", f"the first size must be the input size {n_inputs}", tuple(w))
+        if n_classes is not None and w[-1] != n_classes:
+            bad("widths", f"the last size must be the number of classes {n_classes}", tuple(w))
+        if self.act not in ACTIVATION_NAMES:
+            bad("act", f"expected one of {', '.join(ACTIVATION_NAMES)}")
+        if not _is_int(self.init_seed_offset):
+            bad("init_seed_offset", "expected an integer")
+        if not _is_int(self.seed) or self.seed < 0:
+            bad("seed", "expected an integer >= 0")
+        if not isinstance(self.rule, str) or not self.rule:
+            bad("rule", "expected a rule name (python -c 'import rules; print(rules.available())')")
+        if not isinstance(self.rule_params, dict):
+            bad("rule_params", "expected a JSON object")
+        if not isinstance(self.mlp, dict):
+            bad("mlp", "expected a JSON object with inputs, hidden, act")
+        if not _is_real(self.rate) or not math.isfinite(self.rate):
+            bad("rate", "expected a finite number")
+        n_layers = len(w) - 1
+        if self.local_layers is not None and not all(_is_int(i) and 0 <= i < n_layers for i in self.local_layers):
+            bad("local_layers", f"expected layer indices in 0..{n_layers - 1}", tuple(self.local_layers))
+        for name in ("optimizer", "rule_optimizer"):
+            if getattr(self, name) not in OPTIMIZERS:
+                bad(name, f"expected one of {', '.join(OPTIMIZERS)}")
+        positive_real("lr")
+        positive_real("rule_lr")
+        positive_int("batch_size")
+        positive_real("epochs")
+        positive_real("grad_clip", optional=True)
+        if not _is_real(self.label_fraction) or not 0 < self.label_fraction <= 1:
+            bad("label_fraction", "expected a fraction in (0, 1]")
+        if self.label_mode not in LABEL_MODES:
+            bad("label_mode", f"expected one of {', '.join(LABEL_MODES)}")
+        if self.output_rule_act not in OUTPUT_RULE_ACTS:
+            bad("output_rule_act", f"expected one of {', '.join(OUTPUT_RULE_ACTS)}")
+        positive_int("val_size")
+        if self.val_size >= FASHION_TRAIN:
+            bad("val_size", f"expected fewer than the {FASHION_TRAIN} training examples")
+        positive_int("train_limit", optional=True)
+        positive_int("eval_limit", optional=True)
+        available = (FASHION_TRAIN - self.val_size) if n_train is None else n_train
+        n = min(available, self.train_limit) if self.train_limit else available
+        if self.batch_size > n:
+            bad("batch_size", f"expected at most the {n} training examples used (train limit / validation split)")
+        positive_real("evals_per_epoch")
+        if not all(_is_real(e) and math.isfinite(e) and e > 0 for e in self.snapshot_epochs):
+            bad("snapshot_epochs", "expected epochs > 0 (those past the run's end are skipped)",
+                tuple(self.snapshot_epochs))
+        positive_int("memory_budget_mb")
+        if self.device is not None and not isinstance(self.device, str):
+            bad("device", "expected a device name such as cpu or cuda")
+        if self.device is not None:
+            import torch
+
+            try:
+                torch.device(self.device)
+            except (RuntimeError, ValueError):
+                bad("device", "expected a device name such as cpu, cuda or cuda:1")
+        return self
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self)))

@@ -45,21 +45,72 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
     return Path(root or os.environ.get("HAT_DATA") or "data")
 
 
+RAW_FILES = {  # file: (magic number, bytes per item, header bytes, size of the standard file)
+    "train-images-idx3-ubyte": (0x803, 28 * 28, 16, 47_040_016),
+    "train-labels-idx1-ubyte": (0x801, 1, 8, 60_008),
+    "t10k-images-idx3-ubyte": (0x803, 28 * 28, 16, 7_840_016),
+    "t10k-labels-idx1-ubyte": (0x801, 1, 8, 10_008),
+}
+
+
+def check_raw_files(root: Path) -> int:
+    """Check the raw files present under `root`/FashionMNIST/raw against their headers; DataError naming the
+    first broken file (truncated, padded, foreign, or images and labels of different lengths). Returns how
+    many of the four files are present."""
+    raw = root / "FashionMNIST" / "raw"
+    counts, present = {}, 0
+    for name, (magic, item, header, standard) in RAW_FILES.items():
+        f = raw / name
+        if not f.is_file():
+            continue
+        present += 1
+        size = f.stat().st_size
+        fix = (f"delete it to download it again, or point HAT_DATA / --data at a good copy (the standard file has "
+               f"{standard:,} bytes)")
+        try:
+            with open(f, "rb") as fh:
+                head = fh.read(header)
+        except OSError as e:
+            raise DataError(f"data file {f} cannot be read ({e}); {fix}") from None
+        if len(head) < header or int.from_bytes(head[:4], "big") != magic:
+            raise DataError(f"data file {f} is not a Fashion-MNIST idx file ({size:,} bytes, bad header); {fix}")
+        n = int.from_bytes(head[4:8], "big")
+        dims = [int.from_bytes(head[8 + 4 * i : 12 + 4 * i], "big") for i in range((header - 8) // 4)]
+        if dims and dims != [28, 28]:
+            raise DataError(f"data file {f} holds {dims[0]}x{dims[1]} images, not 28x28; {fix}")
+        want = header + n * item
+        if size != want:
+            kind = "truncated" if size < want else "longer than its header says"
+            raise DataError(f"data file {f} is {kind}: {size:,} bytes, expected {want:,} for the {n:,} items its "
+                            f"header declares; {fix}")
+        counts[name] = n
+    for split in ("train", "t10k"):
+        a, b = counts.get(f"{split}-images-idx3-ubyte"), counts.get(f"{split}-labels-idx1-ubyte")
+        if a is not None and b is not None and a != b:
+            raise DataError(f"data files {raw}/{split}-*: {a:,} images but {b:,} labels; "
+                            "point HAT_DATA / --data at a good copy")
+    return present
+
+
 def _load_split(root: Path, train: bool):
     import torchvision
 
+    if check_raw_files(root) == len(RAW_FILES):
+        try:
+            return torchvision.datasets.FashionMNIST(str(root), train=train, download=False)
+        except Exception as e:
+            raise DataError(f"Fashion-MNIST in {root.resolve()} could not be read ({type(e).__name__}: {e}); "
+                            "point HAT_DATA / --data at a good copy") from None
     try:
-        return torchvision.datasets.FashionMNIST(str(root), train=train, download=False)
-    except RuntimeError:
-        pass
-    try:
-        return torchvision.datasets.FashionMNIST(str(root), train=train, download=True)
+        ds = torchvision.datasets.FashionMNIST(str(root), train=train, download=True)
     except Exception as e:
         raise DataError(
-            f"Fashion-MNIST is not in {root.resolve()} and could not be downloaded ({type(e).__name__}: {e}).\n"
-            "Point the project at a local copy in torchvision's layout (<dir>/FashionMNIST/raw/*-ubyte):\n"
-            "  export HAT_DATA=/path/to/dir      or      --data /path/to/dir"
+            f"Fashion-MNIST is not in {root.resolve()} and could not be downloaded ({type(e).__name__}: "
+            f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}); point the project at a local copy in "
+            "torchvision's layout (<dir>/FashionMNIST/raw/*-ubyte): export HAT_DATA=/path/to/dir or --data /path/to/dir"
         ) from None
+    check_raw_files(root)
+    return ds
 
 
 _CACHE: dict[tuple, Data] = {}

@@ -27,6 +27,50 @@ def tracking_uri(flag: str | None = None) -> str:
     return f"sqlite:///{STORE / 'mlflow.db'}"
 
 
+class TrackingError(RuntimeError):
+    """MLflow cannot be used as asked (not installed, or a store that cannot be written)."""
+
+
+def check_mlflow():
+    """The installed `mlflow` package, or TrackingError. From the repository root, without mlflow installed,
+    `import mlflow` would quietly import the `mlflow/` store folder as an empty namespace package."""
+    try:
+        import mlflow
+    except ImportError as e:
+        raise TrackingError(f"MLflow is not installed ({e}); install it: pip install mlflow (or run with --no-mlflow "
+                            "where available)") from None
+    if getattr(mlflow, "__file__", None) is None or not hasattr(mlflow, "__version__"):
+        where = ", ".join(getattr(mlflow, "__path__", [])) or "?"
+        raise TrackingError(f"MLflow is not installed: `import mlflow` found only the folder {where} (the tracking "
+                            "store, not the package); install it: pip install mlflow (or run with --no-mlflow where "
+                            "available)")
+    return mlflow
+
+
+def writable_problem(folder: str | Path) -> str | None:
+    """None if `folder` exists as a writable folder or could be created; else why not (one line). Creates nothing."""
+    folder = Path(folder).expanduser()
+    p = folder
+    while not p.exists():
+        if p.parent == p:
+            break
+        p = p.parent
+    if p.exists() and not p.is_dir():
+        return f"{folder} cannot be created: {p} is a file, not a folder"
+    if not os.access(p, os.W_OK | os.X_OK):
+        return f"{folder} cannot be written: {p} is not writable"
+    return None
+
+
+def check_tracking_uri(uri: str) -> str:
+    """TrackingError unless the folder of a sqlite:/// store can be written."""
+    if uri.startswith("sqlite:///"):
+        problem = writable_problem(Path(uri[len("sqlite:///"):]).parent)
+        if problem:
+            raise TrackingError(f"--tracking-uri {uri}: {problem}")
+    return uri
+
+
 def ensure_sqlite_dir(uri: str) -> str:
     """Create the folder of a sqlite:/// URI's file (sqlite won't)."""
     if uri.startswith("sqlite:///"):
@@ -35,6 +79,9 @@ def ensure_sqlite_dir(uri: str) -> str:
 
 
 def ui_command(uri: str) -> str:
+    """How to open the MLflow UI of `uri`: a tracking server's URL as it is, else the `mlflow ui` command."""
+    if uri.startswith(("http://", "https://")):
+        return uri
     return f"mlflow ui --backend-store-uri {uri}"
 
 
@@ -115,13 +162,28 @@ def store_lock(uri: str):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+BUSY_MARKERS = ("database is locked", "database is busy", "database table is locked", "deadlock",
+                "lock wait timeout", "could not obtain lock", "could not serialize access")
+
+
+def is_busy(e: BaseException) -> bool:
+    """True for a lock or busy error of the database (worth retrying), through the exception's causes."""
+    seen = 0
+    while e is not None and seen < 10:
+        if any(m in str(e).lower() for m in BUSY_MARKERS):
+            return True
+        e = getattr(e, "orig", None) or e.__cause__ or e.__context__
+        seen += 1
+    return False
+
+
 def retry(fn, attempts: int = 8, wait: float = 0.5):
-    """Call fn(), retrying on errors: two processes creating one SQLite store at once collide."""
+    """Call fn(), retrying on lock and busy errors only (two processes opening one SQLite store at once)."""
     for k in range(attempts):
         try:
             return fn()
-        except Exception:
-            if k == attempts - 1:
+        except Exception as e:
+            if k == attempts - 1 or not is_busy(e):
                 raise
             time.sleep(wait * (k + 1))
 
@@ -131,11 +193,10 @@ class Tracker:
 
     def __init__(self, uri: str | None = None, experiment: str = EXPERIMENT):
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # offline machines: no usage pings
+        mlflow = check_mlflow()
         from mlflow.tracking import MlflowClient
 
-        import mlflow
-
-        self.uri = ensure_sqlite_dir(tracking_uri(uri))
+        self.uri = ensure_sqlite_dir(check_tracking_uri(tracking_uri(uri)))
         mlflow.set_tracking_uri(self.uri)
         with store_lock(self.uri):  # the client creates (migrates) a new store eagerly
             self.client = MlflowClient(tracking_uri=self.uri)
@@ -147,11 +208,30 @@ class Tracker:
             elif self.uri.startswith("sqlite:///"):
                 location = (Path(self.uri[len("sqlite:///"):]).parent / "artifacts").resolve().as_uri()
             with store_lock(self.uri):
-                exp = self.client.get_experiment_by_name(experiment)
-                self.experiment_id = (exp.experiment_id if exp is not None else
-                                      self.client.create_experiment(experiment, artifact_location=location))
+                self.experiment_id = self._create_experiment(experiment, location)
         else:
             self.experiment_id = exp.experiment_id
+
+    def _create_experiment(self, name: str, location: str | None) -> str:
+        """The id of experiment `name`, created if missing. Idempotent across processes: where another process
+        (on a tracking server, which no file lock reaches) created it meanwhile, the error is caught and the
+        experiment re-read."""
+        from mlflow.exceptions import MlflowException
+
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        try:
+            return self.client.create_experiment(name, artifact_location=location)
+        except MlflowException as e:
+            if e.error_code != "RESOURCE_ALREADY_EXISTS" and "already exists" not in str(e).lower():
+                raise
+            for _ in range(20):  # the other creator's transaction may not be visible yet
+                exp = self.client.get_experiment_by_name(name)
+                if exp is not None:
+                    return exp.experiment_id
+                time.sleep(0.25)
+            raise
 
     def start_run(self, name: str, tags: dict | None = None, parent_id: str | None = None) -> Run:
         tags = {k: str(v) for k, v in (tags or {}).items()}

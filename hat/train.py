@@ -2,7 +2,9 @@
 
 Every field of `hat.config.TrainConfig` is a flag (`--rule-params '{"c": 2}'`
 for dict fields, `--widths 784 100 10` for tuples). Logged to MLflow unless
-`--no-mlflow`. Exit status 0 for a finished run, 3 for a diverged one.
+`--no-mlflow`. Exit status 0 for a finished run, 3 for a diverged one, 2 for bad
+input (one `error:` line on stderr naming the value and what is accepted; checked
+before anything is written or logged).
 """
 
 from __future__ import annotations
@@ -97,32 +99,92 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+BAD_INPUT = 2  # exit status of a command given bad input (one line on stderr, nothing written)
+
+
+def bad_input(e: BaseException | str) -> SystemExit:
+    """Print `e` as one `error:` line on stderr; the SystemExit(2) to raise."""
+    msg = " ".join(str(e).split("\n")).strip()
+    print(f"error: {msg}", file=sys.stderr)
+    return SystemExit(BAD_INPUT)
+
+
+def input_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean bad input (checked up front, reported as one line, exit status 2)."""
+    import rules
+    from hat.config import ConfigError
+    from hat.data import DataError
+    from hat.tracking import TrackingError
+    from rules.snapshot import SnapshotError
+
+    return ConfigError, DataError, TrackingError, SnapshotError, rules.UnknownRuleError, rules.RuleParamsError
+
+
+def check_rule(cfg: TrainConfig) -> None:
+    """Build the rule once (unknown rule, unknown or missing parameters, bad snapshots, bad meta-learner)."""
+    import rules
+    from hat.config import ConfigError
+    from hat.trainer import build_rule
+
+    try:
+        rule = build_rule(cfg)
+        hidden = getattr(rule, "hidden", None)
+        if isinstance(hidden, int) and hidden < 1:
+            raise ValueError(f"hidden {hidden}: expected a positive integer")
+    except input_errors():
+        raise
+    except (TypeError, ValueError) as e:  # e.g. a meta-learner architecture the rule rejects
+        raise rules.RuleParamsError(f"rule {cfg.rule!r} with --rule-params {json.dumps(cfg.rule_params)}"
+                                    f"{' and --mlp ' + json.dumps(cfg.mlp) if cfg.rule == 'mlp' else ''}: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"rule {cfg.rule!r}: {e}") from None
+
+
+def check_out(path: str | Path, flag: str = "--out") -> None:
+    """ConfigError unless `path` is, or can be created as, a writable folder (creates nothing)."""
+    from hat.config import ConfigError
+    from hat.tracking import writable_problem
+
+    problem = writable_problem(path)
+    if problem:
+        raise ConfigError(f"{flag} {path}: {problem}; expected a folder that can be created and written")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from hat import config as hat_config
-    from hat.data import DataError
+    from hat import data as hat_data
+    from hat.device import pick_device
     from hat.trainer import train
 
-    cfg = config_from_args(args, hat_config.preset(args.preset))
-    import rules
+    try:  # every input checked before anything is written or logged
+        cfg = config_from_args(args, hat_config.preset(args.preset)).validate()
+        check_rule(cfg)
+        out = Path(args.out or f"runs/train/{cfg.rule}_seed{cfg.seed}")
+        check_out(out)
+        if not args.no_mlflow:
+            from hat.tracking import check_mlflow, check_tracking_uri, tracking_uri
 
-    try:
-        rules.rule_class(cfg.rule)
-    except rules.UnknownRuleError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    out = Path(args.out or f"runs/train/{cfg.rule}_seed{cfg.seed}")
+            check_mlflow()
+            check_tracking_uri(tracking_uri(args.tracking_uri))
+        try:
+            device = pick_device(cfg.device)
+        except RuntimeError as e:
+            raise hat_config.ConfigError(str(e)) from None
+        data = hat_data.load(args.data, device, cfg.val_size)
+        cfg.validate(n_train=len(data.x_train))
+    except input_errors() as e:
+        raise bad_input(e) from None
     tracker = None
     if not args.no_mlflow:
         from hat.tracking import Tracker
 
-        tracker = Tracker(args.tracking_uri)
-    try:
-        result = train(cfg, tracker=tracker, out_dir=out, progress=not args.no_progress, data_root=args.data,
-                       tags={"arm": cfg.rule, "preset": args.preset, "phase": "single"})
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        try:
+            tracker = Tracker(args.tracking_uri)
+        except input_errors() as e:
+            raise bad_input(e) from None
+    result = train(cfg, data=data, tracker=tracker, out_dir=out, progress=not args.no_progress,
+                   tags={"arm": cfg.rule, "preset": args.preset, "phase": "single"})
     where = f" | mlflow run {result.run_id} ({tracker.uri})" if tracker else ""
     if not result.ok:
         print(f"FAILED rule={cfg.rule} seed={cfg.seed}: diverged ({result.reason}){where}")

@@ -1,4 +1,4 @@
-"""One trainer for HAT and the backprop control (rule "none").
+"""One trainer for HAT and the backprop control (rule "none"), for one seed or P seeds at once.
 
 A training step (Algorithm 1 of the paper, with the issue's conventions):
 
@@ -15,6 +15,15 @@ A training step (Algorithm 1 of the paper, with the issue's conventions):
 Layers without a local update, and every layer of the control, just compute
 v = act(z). With rate 0 the HAT step equals the control bit for bit.
 
+One code path: `train_population(cfg, seeds)` trains P (learner, rule) pairs with
+the batched step of `hat.population` (stacked weights, one batched matmul per layer,
+one kernel call for all P meta-learners, one loss, one host sync and one
+multi-tensor optimizer per step); `train(cfg)` is its P = 1 case. Each pair keeps its
+own leaf parameters, optimizer state, rule, data order, label mask and divergence
+state, so pair p of a population follows exactly the recipe of seed p alone; its
+results equal the single run's up to float rounding of the batched matmuls
+(tests/test_population.py).
+
 Evaluation uses the plain forward pass (no local update, no logit ReLU).
 """
 
@@ -23,6 +32,7 @@ from __future__ import annotations
 import inspect
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -33,6 +43,7 @@ from torch import Tensor, nn
 
 import rules
 from hat import data as hat_data
+from hat import population
 from hat.config import TrainConfig
 from hat.device import pick_device
 
@@ -85,6 +96,13 @@ class Learner(nn.Module):
             return ACTIVATIONS[self.act]
         return torch.relu if logit_relu else ACTIVATIONS["identity"]
 
+    def rule_post_act(self, layer: int, cfg: TrainConfig):
+        """The activation giving the v_j that a local rule sees at `layer`: the layer's own, except at the
+        output layer with cfg.output_rule_act == "hidden" (sigma, as Algorithm 1 writes it)."""
+        if layer == self.n_layers - 1 and cfg.output_rule_act == "hidden":
+            return ACTIVATIONS[self.act]
+        return self.layer_act(layer, cfg.logit_relu)
+
     def forward(self, x: Tensor) -> Tensor:
         v = x
         for layer, (w, b) in enumerate(zip(self.weights, self.biases)):
@@ -108,39 +126,22 @@ def build_rule(cfg: TrainConfig) -> rules.Rule:
 
 
 def hat_forward(learner: Learner, rule: rules.Rule | None, x: Tensor, cfg: TrainConfig, grads: list[Tensor | None]):
-    """Training forward pass. Returns logits (B, C) and the updated weights W' per layer."""
-    v = x
-    new_ws = []
-    local = set(range(learner.n_layers)) if cfg.local_layers is None else set(cfg.local_layers)
-    for layer, (w, b) in enumerate(zip(learner.weights, learner.biases)):
-        act = learner.layer_act(layer, cfg.logit_relu)
-        if rule is None or layer not in local:
-            v = act(v @ w.T + b)  # (B, O)
-            new_ws.append(w)
-            continue
-        z = v @ w.T + b  # (B, O)
-        v_hat = act(z)
-        pre, ww, post = (v.detach(), w.detach(), v_hat.detach()) if cfg.detach_rule_inputs else (v, w, v_hat)
-        if hasattr(rule, "set_layer"):
-            rule.set_layer(layer)  # rules with per-layer coefficients or state (rules/base.py)
-        g = grads[layer] if rule.uses_grad else None
-        d = rule.delta(pre, ww, post, g)  # (O, I)
-        w_new = w + cfg.rate * d
-        if cfg.per_sample:
-            drive = rule.per_sample_drive(pre, ww, post, g)  # (B, O): D_b v_b
-            v = act(z + cfg.rate * drive)
-        else:
-            v = act(v @ w_new.T + b)  # (B, O)
-        new_ws.append(w_new)
-    return v, new_ws
+    """Training forward pass of one learner: `hat.population.forward` at P = 1. Returns logits (B, C) and W' per layer (O, I)."""
+    grads_p = [None if g is None else g.unsqueeze(0) for g in grads]  # per layer (1, O, I)
+    logits, new_ws = population.forward([learner], None if rule is None else [rule], x.unsqueeze(0), cfg, grads_p)
+    return logits[0], [w[0] for w in new_ws]  # (B, C), per layer (O, I)
+
+
+def labeled_losses(logits: Tensor, y: Tensor, mask: Tensor) -> Tensor:
+    """(P,): each pair's mean cross-entropy over its labeled rows; logits (P, B, C), y and mask (P, B); 0 without labels."""
+    per = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(mask.shape)  # (P, B)
+    return torch.where(mask, per, 0.0).sum(1) / mask.sum(1).clamp_min(1)
 
 
 @torch.no_grad()
 def accuracy(learner: Learner, x: Tensor, y: Tensor, batch: int = 5000) -> float:
-    correct = 0
-    for i in range(0, len(x), batch):
-        correct += (learner(x[i : i + batch]).argmax(1) == y[i : i + batch]).sum().item()
-    return 100.0 * correct / max(1, len(x))
+    """Percent correct of one learner (plain forward)."""
+    return population.accuracies([learner], x, y, batch)[0]
 
 
 def _make_optimizer(name: str, params, lr: float, foreach: bool | None = None):
@@ -186,171 +187,250 @@ def splits(cfg: TrainConfig, data: hat_data.Data):
 def train(cfg: TrainConfig, data: hat_data.Data | None = None, tracker=None, parent_id: str | None = None,
           out_dir: str | Path | None = None, tags: dict | None = None, progress: bool = True,
           run_name: str | None = None, callback=None, data_root: str | None = None, plot: bool = True,
-          observer=None) -> RunResult:
-    """Train one learner (and its rule) under `cfg`.
+          observer=None, evaluate_test: bool = True) -> RunResult:
+    """Train one learner (and its rule) under `cfg`: `train_population` with the one seed `cfg.seed`.
 
     tracker: a `hat.tracking.Tracker` or None (no MLflow). out_dir: where
     snapshots and plots go; plot: log a learning-curve PNG with the run. callback(eval_dict) is called after each
     evaluation; it may raise (e.g. optuna.TrialPruned) to stop the run.
     observer(eval_dict, learner, rule) is called after each evaluation too, for
     studies that inspect the learner or the rule along training (read only).
+    evaluate_test: False leaves test accuracy out of every evaluation (NaN), for tuning runs.
     A diverged run (non-finite loss or weights) stops at once and returns
     status "diverged"; it is marked FAILED in MLflow.
+    """
+    return train_population(cfg, [cfg.seed], data=data, tracker=tracker, parent_id=parent_id, out_dir=out_dir,
+                            tags=tags, progress=progress, run_name=run_name, data_root=data_root, plot=plot,
+                            callback=None if callback is None else (lambda p, ev: callback(ev)),
+                            observer=None if observer is None else (lambda p, ev, lrn, r: observer(ev, lrn, r)),
+                            evaluate_test=evaluate_test)[0]
+
+
+def train_population(cfg: TrainConfig, seeds: list[int], data: hat_data.Data | None = None, tracker=None,
+                     parent_id: str | None = None, out_dir: str | Path | None = None, tags: dict | None = None,
+                     progress: bool = True, run_name: str | None = None, callback=None, observer=None,
+                     plot: bool = False, data_root: str | None = None,
+                     evaluate_test: bool = True) -> list[RunResult]:
+    """Train `cfg` once per seed, all seeds batched; one RunResult (and MLflow run) per seed.
+
+    callback(p, eval_dict) and observer(p, eval_dict, learner, rule) are called for pair p (seed seeds[p])
+    after each of its evaluations; a callback may raise to stop the whole population. Other arguments as in `train`.
     """
     device = pick_device(cfg.device)
     data = data or hat_data.load(data_root, device, cfg.val_size)
     if data.device != device:
         raise ValueError(f"data is on {data.device} but the run is on {device}")
+    cfg.validate(n_train=len(data.x_train), n_inputs=data.x_train.shape[1], n_classes=hat_data.NUM_CLASSES)
     x_train, y_train, x_val, y_val, x_test, y_test = splits(cfg, data)
-    if cfg.widths[0] != x_train.shape[1] or cfg.widths[-1] != hat_data.NUM_CLASSES:
-        raise ValueError(f"widths must start at {x_train.shape[1]} and end at {hat_data.NUM_CLASSES}, got {cfg.widths}")
-
-    init_gen = torch.Generator().manual_seed(cfg.seed + cfg.init_seed_offset)
-    learner = Learner(cfg.widths, cfg.act, init_gen).to(device)
-    rule = None if cfg.rule == "none" else build_rule(cfg).to(device)
-    for m in (rule.modules() if rule is not None else ()):
-        if hasattr(m, "memory_budget"):
-            m.memory_budget = cfg.memory_budget_mb * 2**20
-    opt_l = _make_optimizer(cfg.optimizer, learner.parameters(), cfg.lr)
-    opt_m = _make_optimizer(cfg.rule_optimizer, rule.parameters(), cfg.rule_lr) if rule is not None else None
-
     n = len(x_train)
     steps_per_epoch, total, eval_every, snap_at = step_plan(cfg, n)
-    order_gen = torch.Generator().manual_seed(cfg.seed + 1_000_003)
-    labels = hat_data.label_mask(n, cfg.label_fraction, cfg.seed, device) if cfg.label_mode == "subset" else None
-    if cfg.label_mode not in ("subset", "batch"):
-        raise ValueError(f"label_mode must be 'subset' or 'batch', got {cfg.label_mode!r}")
-    batch_gen = torch.Generator().manual_seed(cfg.seed + 2_000_003)
-    grads: list[Tensor | None] = [torch.zeros_like(w) for w in learner.weights]
+
+    cfgs = [cfg.replace(seed=s) for s in seeds]
+    P = len(cfgs)
+    learners = [Learner(c.widths, c.act, torch.Generator().manual_seed(c.seed + c.init_seed_offset)).to(device)
+                for c in cfgs]
+    rules_ = None if cfg.rule == "none" else [build_rule(c).to(device) for c in cfgs]
+    for r in rules_ or ():
+        for m in r.modules():
+            if hasattr(m, "memory_budget"):
+                m.memory_budget = cfg.memory_budget_mb * 2**20
+    # One optimizer over every pair's parameters: its state is per tensor, so it steps each pair as
+    # that pair's own optimizer would; a pair that does not step this time has its gradients cleared.
+    # Multi-tensor (foreach) updates: the same arithmetic per element, a few ops for all P pairs.
+    opt_l = _make_optimizer(cfg.optimizer, [q for lr in learners for q in lr.parameters()], cfg.lr, foreach=True)
+    opt_m = (_make_optimizer(cfg.rule_optimizer, [q for r in rules_ for q in r.parameters()], cfg.rule_lr,
+                             foreach=True) if rules_ else None)
+    layers = population.layer_params(learners)
+    pair_params = [list(learners[p].parameters()) + (list(rules_[p].parameters()) if rules_ else []) for p in range(P)]
+
+    order_gens = [torch.Generator().manual_seed(c.seed + 1_000_003) for c in cfgs]
+    batch_gens = [torch.Generator().manual_seed(c.seed + 2_000_003) for c in cfgs]
+    labels = ([hat_data.label_mask(n, cfg.label_fraction, c.seed, device) for c in cfgs]
+              if cfg.label_mode == "subset" else None)
+    grads = [torch.zeros((P, *w.shape), device=device) for w in learners[0].weights]  # per layer (P, O, I): |grad|
+    updated = set() if rules_ is None else set(range(learners[0].n_layers) if cfg.local_layers is None else cfg.local_layers)
 
     out_dir = Path(out_dir) if out_dir else None
-    run = None
+    runs = [None] * P
     if tracker is not None:
-        run = tracker.start_run(run_name or f"{cfg.rule}-seed{cfg.seed}", parent_id=parent_id,
-                                tags={"rule": cfg.rule, "seed": cfg.seed, **(tags or {})})
-        run.log_params({**cfg.to_dict(), **({"rule_desc": rule.describe()} if rule is not None else {})})
-    result = RunResult(status="ok", run_id=run.run_id if run else None)
-
-    n_layers = learner.n_layers
-    diag = torch.zeros(n_layers, 3, device=device)  # per layer: |local|, |grad update|, cos(local, -grad)
-    diag_n = 0
-    loss_sum, loss_n = torch.zeros((), device=device), 0
+        for p, c in enumerate(cfgs):
+            name = (run_name or f"{c.rule}-seed{c.seed}") if P == 1 else f"{run_name or c.rule} s{c.seed}"
+            runs[p] = tracker.start_run(name, parent_id=parent_id,
+                                        tags={"rule": c.rule, "seed": c.seed, **({"population": P} if P > 1 else {}),
+                                              **(tags or {})})
+            runs[p].log_params({**c.to_dict(), **({"rule_desc": rules_[p].describe()} if rules_ else {})})
+    results = [RunResult(status="ok", run_id=r.run_id if r else None) for r in runs]
+    alive = [True] * P
+    closed = [False] * P  # the pair's MLflow run has ended (FINISHED or FAILED)
+    n_layers = learners[0].n_layers
+    diag = torch.zeros(P, n_layers, 3, device=device)  # per pair and layer: |local|, |grad update|, cos
+    diag_n = [0] * P
+    loss_sum = torch.zeros(P, device=device)
+    loss_n = [0] * P
     start = time.perf_counter()
 
-    def evaluate(step: int) -> dict:
-        nonlocal diag_n, loss_sum, loss_n
-        ev = {"step": step, "epoch": step / steps_per_epoch, "seconds": time.perf_counter() - start,
-              "train_loss": (loss_sum / loss_n).item() if loss_n else float("nan"),
-              "val_acc": accuracy(learner, x_val, y_val), "test_acc": accuracy(learner, x_test, y_test)}
-        if diag_n:
-            d = (diag / diag_n).tolist()
-            for layer in range(n_layers):
-                ev[f"local_norm_{layer}"], ev[f"grad_update_norm_{layer}"], ev[f"cos_local_neggrad_{layer}"] = d[layer]
-        diag.zero_()
-        diag_n, loss_sum, loss_n = 0, torch.zeros((), device=device), 0
-        result.curve.append(ev)
-        if run is not None:
-            run.log_metrics({k: v for k, v in ev.items() if k != "step" and math.isfinite(v)}, step)
-        if observer is not None:
-            observer(ev, learner, rule)
-        return ev
+    def fail(p: int, reason: str) -> None:
+        alive[p] = False
+        results[p].status, results[p].reason = "diverged", reason
+        if runs[p] is not None:
+            runs[p].set_tags({"status": "diverged", "failure_reason": reason})
+            runs[p].finish("FAILED")
+            closed[p] = True
 
-    def fail(reason: str) -> RunResult:
-        result.status, result.reason = "diverged", reason
-        if run is not None:
-            run.set_tags({"status": "diverged", "failure_reason": reason})
-            run.finish("FAILED")
-        return result
+    def evaluate(step: int) -> None:
+        live = [p for p in range(P) if alive[p]]
+        val = population.accuracies([learners[p] for p in live], x_val, y_val)
+        test = population.accuracies([learners[p] for p in live], x_test, y_test) if evaluate_test else None
+        seconds = time.perf_counter() - start
+        for k, p in enumerate(live):
+            ev = {"step": step, "epoch": step / steps_per_epoch, "seconds": seconds,
+                  "train_loss": (loss_sum[p] / loss_n[p]).item() if loss_n[p] else float("nan"),
+                  "val_acc": val[k], "test_acc": test[k] if test is not None else float("nan")}
+            if diag_n[p]:
+                d = (diag[p] / diag_n[p]).tolist()
+                for layer in range(n_layers):
+                    ev[f"local_norm_{layer}"], ev[f"grad_update_norm_{layer}"], ev[f"cos_local_neggrad_{layer}"] = d[layer]
+            diag[p].zero_()
+            diag_n[p], loss_n[p] = 0, 0
+            loss_sum[p] = 0.0
+            results[p].curve.append(ev)
+            if runs[p] is not None:
+                runs[p].log_metrics({k2: v for k2, v in ev.items() if k2 != "step" and math.isfinite(v)}, step)
+            if observer is not None:
+                observer(p, ev, learners[p], rules_[p] if rules_ else None)
+        for p in live:
+            if callback is not None:
+                callback(p, results[p].curve[-1])
 
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, desc=run_name or f"{cfg.rule} seed {cfg.seed}", unit="step", leave=False)
+        bar = tqdm(total=total, desc=run_name or (f"{cfg.rule} seed {cfg.seed}" if P == 1 else f"{cfg.rule} x{P}"),
+                   unit="step", leave=False)
     try:
-        ev = evaluate(0)
-        if callback:
-            callback(ev)
-        step, perm = 0, None
-        while step < total:
+        evaluate(0)
+        perms = [None] * P
+        for step in range(total):
             pos = step % steps_per_epoch
             if pos == 0:
-                perm = torch.randperm(n, generator=order_gen).to(device)
-            idx = perm[pos * cfg.batch_size : (pos + 1) * cfg.batch_size]
-            xb, yb = x_train[idx], y_train[idx]
-            if rule is not None and hasattr(rule, "set_epoch"):
-                rule.set_epoch(step / steps_per_epoch)  # time-varying rules (e.g. a replayed schedule)
+                perms = [torch.randperm(n, generator=g).to(device) for g in order_gens]
+            idx = population.stack([pm[pos * cfg.batch_size : (pos + 1) * cfg.batch_size] for pm in perms])  # (P, B)
+            xb, yb = x_train[idx], y_train[idx]  # (P, B, I), (P, B)
             if labels is not None:
-                mask = labels[idx]
+                mask = population.stack([labels[p][idx[p]] for p in range(P)])  # (P, B)
             else:
-                labeled = torch.rand((), generator=batch_gen).item() < cfg.label_fraction
-                mask = torch.full((len(idx),), labeled, dtype=torch.bool, device=device)
-            has_labels = bool(mask.any())
-            if not has_labels:
-                with torch.no_grad():
-                    _, new_ws = hat_forward(learner, rule, xb, cfg, grads)
-                    for w, w_new in zip(learner.weights, new_ws):
-                        w.copy_(w_new)
-            else:
-                logits, new_ws = hat_forward(learner, rule, xb, cfg, grads)
-                loss = F.cross_entropy(logits[mask], yb[mask])
-                if not torch.isfinite(loss):
-                    return fail(f"non-finite training loss ({loss.item()}) at step {step}")
-                if opt_l:
-                    opt_l.zero_grad(set_to_none=True)
-                if opt_m:
-                    opt_m.zero_grad(set_to_none=True)
-                loss.backward()
+                flags = [torch.rand((), generator=g).item() < cfg.label_fraction for g in batch_gens]
+                mask = torch.tensor(flags, device=device)[:, None].expand(P, idx.shape[1])  # (P, B)
+            for r in rules_ or ():
+                if hasattr(r, "set_epoch"):
+                    r.set_epoch(step / steps_per_epoch)  # time-varying rules (e.g. a replayed schedule)
+            has = mask.any(1)  # (P,)
+            logits, new_ws = population.forward(learners, rules_, xb, cfg, grads, layers)
+            losses = labeled_losses(logits, yb, mask)  # (P,)
+            finite = torch.isfinite(losses)
+            has_l, finite_l = torch.stack([has, finite]).tolist()  # the step's one host sync
+            for p in range(P):
+                if alive[p] and has_l[p] and not finite_l[p]:
+                    fail(p, f"non-finite training loss ({losses[p].item()}) at step {step}")
+            if not any(alive):
+                break
+            stepping = [alive[p] and has_l[p] for p in range(P)]
+            every = all(stepping)  # the common case: no masking needed
+            steps_mask = None if every else torch.tensor(stepping, device=device)  # (P,)
+            for opt in (opt_l, opt_m):
+                if opt:
+                    opt.zero_grad(set_to_none=True)
+            if any(stepping):
+                (losses.sum() if every else losses[steps_mask].sum()).backward()
+                loss_sum += losses.detach() if every else torch.where(steps_mask, losses.detach(), 0.0)
                 if cfg.grad_clip:
-                    nn.utils.clip_grad_norm_(list(learner.parameters()) + list(rule.parameters() if rule else []), cfg.grad_clip)
-                with torch.no_grad():
-                    persisted = []
-                    for layer, (w, w_new) in enumerate(zip(learner.weights, new_ws)):
-                        local = w_new - w  # (O, I)
-                        g = w.grad if w.grad is not None else torch.zeros_like(w)
-                        grads[layer] = g.abs()
-                        w.copy_(w_new)
-                        persisted.append((local, g, w.detach().clone()))
-                    if opt_l:
-                        opt_l.step()
-                    if opt_m:
-                        opt_m.step()
-                    for layer, (local, g, before) in enumerate(persisted):
-                        update = learner.weights[layer] - before
-                        cos = (local * -g).sum() / (local.norm() * g.norm()).clamp_min(1e-30)
-                        diag[layer] += torch.stack([local.norm(), update.norm(), cos])
-                    diag_n += 1
-                    loss_sum += loss.detach()
-                    loss_n += 1
-            step += 1
+                    for p in range(P):
+                        if stepping[p]:
+                            nn.utils.clip_grad_norm_(pair_params[p], cfg.grad_clip)
+            with torch.no_grad():
+                live = [p for p in range(P) if alive[p]]
+                local, g, before = [], [], []
+                for layer in range(n_layers):
+                    ws = layers[layer][0]
+                    w_old = population.stack(ws).clone()  # (P, O, I): W' where a rule updates the layer, else W
+                    if layer in updated:
+                        w_new = new_ws[layer].detach()  # (P, O, I)
+                        local.append(w_new - w_old)  # (P, O, I)
+                        torch._foreach_copy_([ws[p] for p in live], [w_new[p] for p in live])
+                        w_old = w_new
+                    else:
+                        local.append(None)  # no local update: |local| = 0, cos = 0
+                    before.append(w_old)
+                    g.append(population.stack([w.grad if w.grad is not None else torch.zeros_like(w) for w in ws]))
+                    grads[layer] = g[-1].abs() if every else torch.where(steps_mask[:, None, None], g[-1].abs(), grads[layer])
+                for p in range(P):
+                    if not stepping[p]:  # no step for this pair: drop the zeros its slice received
+                        for q in pair_params[p]:
+                            q.grad = None
+                for opt in (opt_l, opt_m):
+                    if opt and any(stepping):
+                        opt.step()
+                for layer in range(n_layers):
+                    update = (population.stack(layers[layer][0]) - before[layer]).norm(dim=(1, 2))  # (P,)
+                    if local[layer] is None:
+                        zero = torch.zeros_like(update)
+                        stats = torch.stack([zero, update, zero], 1)  # (P, 3)
+                    else:
+                        local_n = local[layer].norm(dim=(1, 2))  # (P,)
+                        dot = (local[layer] * -g[layer]).sum((1, 2))  # (P,)
+                        cos = dot / (local_n * g[layer].norm(dim=(1, 2))).clamp_min(1e-30)
+                        stats = torch.stack([local_n, update, cos], 1)  # (P, 3)
+                    diag[:, layer] += stats if every else torch.where(steps_mask[:, None], stats, 0.0)
+                for p in range(P):
+                    if stepping[p]:
+                        diag_n[p] += 1
+                        loss_n[p] += 1
+            done = step + 1
             if bar is not None:
                 bar.update(1)
-            if step in snap_at and rule is not None and hasattr(rule, "config"):
-                result.snapshots.append(str(_save_snapshot(rule, cfg, step, snap_at[step], out_dir, run)))
-            if step % eval_every == 0 or step == total:
-                if not all(torch.isfinite(p).all() for p in learner.parameters()):
-                    return fail(f"non-finite learner weights at step {step}")
-                ev = evaluate(step)
-                if bar is not None:
-                    bar.set_postfix(loss=f"{ev['train_loss']:.3f}", val=f"{ev['val_acc']:.1f}%")
-                if callback:
-                    callback(ev)
-        last = result.curve[-1]
-        result.val_acc, result.test_acc, result.train_loss = last["val_acc"], last["test_acc"], last["train_loss"]
-        result.steps = total
-        result.seconds = time.perf_counter() - start
-        if run is not None:
-            run.log_metrics({"final_val_acc": result.val_acc, "final_test_acc": result.test_acc,
-                             "seconds": result.seconds}, total)
-            if plot:
-                _log_curve_plot(result, run, out_dir, cfg)
-            run.set_tags({"status": "ok"})
-            run.finish("FINISHED")
-        return result
+            if done in snap_at and rules_ is not None and hasattr(rules_[0], "config"):
+                for p in range(P):
+                    if alive[p]:
+                        results[p].snapshots.append(str(_save_snapshot(rules_[p], cfgs[p], done, snap_at[done],
+                                                                       out_dir, runs[p])))
+            if done % eval_every == 0 or done == total:
+                for p in range(P):
+                    if alive[p] and not all(torch.isfinite(t).all() for t in learners[p].parameters()):
+                        fail(p, f"non-finite learner weights at step {done}")
+                if not any(alive):
+                    break
+                evaluate(done)
+                if bar is not None and P == 1:
+                    last = results[0].curve[-1]
+                    bar.set_postfix(loss=f"{last['train_loss']:.3f}", val=f"{last['val_acc']:.1f}%")
+        for p in range(P):
+            if not alive[p]:
+                continue
+            last = results[p].curve[-1]
+            results[p].val_acc, results[p].test_acc, results[p].train_loss = last["val_acc"], last["test_acc"], last["train_loss"]
+            results[p].steps = total
+            results[p].seconds = time.perf_counter() - start
+        for p in range(P):  # training is over: from here on, a run is never recorded KILLED
+            if runs[p] is None or not alive[p]:
+                continue
+            closed[p] = True
+            try:
+                runs[p].log_metrics({"final_val_acc": results[p].val_acc, "seconds": results[p].seconds,
+                                     **({"final_test_acc": results[p].test_acc} if evaluate_test else {})}, total)
+                if plot:
+                    _log_curve_plot(results[p], runs[p], out_dir, cfgs[p])
+            except Exception as e:  # a figure or metric that cannot be written does not undo a finished run
+                warnings.warn(f"run {results[p].run_id}: could not log its final metrics or curve plot: {e}",
+                              RuntimeWarning, stacklevel=2)
+            runs[p].set_tags({"status": "ok"})
+            runs[p].finish("FINISHED")
+        return results
     except BaseException as e:
-        if run is not None and result.status == "ok":
-            run.set_tags({"status": "interrupted", "failure_reason": type(e).__name__})
-            run.finish("KILLED")
+        for p in range(P):
+            if runs[p] is not None and not closed[p]:
+                runs[p].set_tags({"status": "interrupted", "failure_reason": type(e).__name__})
+                runs[p].finish("KILLED")
         raise
     finally:
         if bar is not None:

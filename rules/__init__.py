@@ -22,12 +22,14 @@ Another installed package can contribute rules through the entry-point group
 from __future__ import annotations
 
 import importlib
+import json
 import pkgutil
 from importlib.metadata import entry_points
 
 from rules.base import ElementwiseRule, Rule
 
-__all__ = ["ElementwiseRule", "Rule", "UnknownRuleError", "available", "get", "register"]
+__all__ = ["ElementwiseRule", "Rule", "RuleParamsError", "UnknownRuleError", "accepted_params", "available", "get",
+           "register"]
 
 _REGISTRY: dict[str, type[Rule]] = {}
 _loaded = False
@@ -36,6 +38,10 @@ _loaded = False
 class UnknownRuleError(KeyError):
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+class RuleParamsError(TypeError, ValueError):
+    """Rule parameters the rule does not take (or lacks); the message names them and the accepted ones."""
 
 
 def register(name: str):
@@ -78,10 +84,36 @@ def rule_class(name: str) -> type[Rule]:
         raise UnknownRuleError(f"unknown rule {name!r}; known rules: {', '.join(available())}") from None
 
 
+def accepted_params(cls: type[Rule]) -> tuple[list[str], list[str], bool]:
+    """(accepted keyword names, required ones, whether it takes **kwargs) of a rule class's constructor."""
+    import inspect
+
+    sig = inspect.signature(cls.__init__)
+    ps = [p for p in list(sig.parameters.values())[1:] if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    varkw = any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values())
+    return [p.name for p in ps], [p.name for p in ps if p.default is p.empty], varkw
+
+
+def check_params(name: str, params: dict) -> None:
+    """RuleParamsError if `params` has a key the rule `name` does not take, or lacks a required one."""
+    accepted, required, varkw = accepted_params(rule_class(name))
+    shown = ", ".join(accepted) or "none"
+    unknown = [k for k in params if k not in accepted]
+    if unknown and not varkw:
+        raise RuleParamsError(f"rule {name!r} does not take {', '.join(map(repr, unknown))} "
+                              f"(--rule-params {json.dumps(params)}); accepted keys: {shown}")
+    missing = [k for k in required if k not in params]
+    if missing:
+        raise RuleParamsError(f"rule {name!r} needs {', '.join(map(repr, missing))} in --rule-params; "
+                              f"accepted keys: {shown}")
+
+
 def get(name: str, **params) -> Rule:
-    """Instantiate the rule registered as `name` with keyword `params`."""
+    """Instantiate the rule registered as `name` with keyword `params` (RuleParamsError for unknown keys)."""
     cls = rule_class(name)
+    check_params(name, params)
     try:
         return cls(**params)
     except TypeError as e:
-        raise TypeError(f"bad parameters for rule {name!r}: {e}") from None
+        raise RuleParamsError(f"bad parameters for rule {name!r}: {e}; accepted keys: "
+                              f"{', '.join(accepted_params(cls)[0]) or 'none'}") from None

@@ -27,6 +27,8 @@ class MLPRule(ElementwiseRule):
             raise ValueError(f"mlp act must be one of {sorted(kernels.ACTS)}, got {act!r}")
         self.inputs = tuple(inputs)
         self.act = act
+        if int(hidden) < 1:
+            raise ValueError(f"hidden={hidden}: the meta-learner needs at least 1 hidden unit")
         self.hidden = int(hidden)
         self.uses_grad = "grad" in self.inputs
         self.hidden_width = self.hidden

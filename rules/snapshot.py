@@ -24,7 +24,12 @@ FORMAT = "hat-snapshot/1"
 
 
 class SnapshotError(ValueError):
-    """A snapshot file is missing, foreign, corrupted or inconsistent."""
+    """A snapshot file is missing, foreign, corrupted or inconsistent (the message is one line)."""
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 ARCH_KEYS = ("inputs", "hidden", "act")  # config fields that define the function: hashed with the tensors
@@ -62,10 +67,14 @@ def save_snapshot(rule: MLPRule, path: str | Path, **meta) -> Path:
 def _resolve(path: str | Path) -> Path:
     s = str(path)
     if s.startswith("runs:/") or s.startswith("mlflow-artifacts:/"):
-        import mlflow
+        from hat.tracking import check_mlflow
 
-        pt = Path(mlflow.artifacts.download_artifacts(artifact_uri=s))
-        mlflow.artifacts.download_artifacts(artifact_uri=s[: -len(".pt")] + ".json", dst_path=str(pt.parent))
+        mlflow = check_mlflow()
+        try:
+            pt = Path(mlflow.artifacts.download_artifacts(artifact_uri=s))
+            mlflow.artifacts.download_artifacts(artifact_uri=s[: -len(".pt")] + ".json", dst_path=str(pt.parent))
+        except Exception as e:
+            raise SnapshotError(f"snapshot {s} could not be fetched from MLflow ({_first_line(e)})") from None
         return pt
     return Path(path)
 
@@ -74,13 +83,15 @@ def load_snapshot(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     """Tensors and config of a snapshot, after checking format, shapes and hash."""
     pt = _pt_path(_resolve(path))
     js = pt.with_suffix(".json")
-    for f in (pt, js):
-        if not f.is_file():
-            raise SnapshotError(f"snapshot file not found: {f}")
+    if not pt.is_file():
+        raise SnapshotError(f"snapshot file not found: {pt} (a snapshot is <stem>.pt with its <stem>.json)")
+    if not js.is_file():
+        raise SnapshotError(f"snapshot config not found: {js}, beside {pt.name} (a snapshot is <stem>.pt with its "
+                            "<stem>.json, as saved by --snapshot-epochs)")
     try:
         config = json.loads(js.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SnapshotError(f"{js} is not a snapshot config (bad JSON: {e})") from None
+        raise SnapshotError(f"{js} is not a snapshot config (bad JSON: {_first_line(e)})") from None
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise SnapshotError(f"{js} is not a {FORMAT} config (format={config.get('format') if isinstance(config, dict) else None!r})")
     missing = [k for k in (*ARCH_KEYS, "sha256") if k not in config]
@@ -89,13 +100,13 @@ def load_snapshot(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     try:
         tensors = torch.load(pt, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise SnapshotError(f"{pt} could not be loaded as tensors: {e}") from None
+        raise SnapshotError(f"{pt} could not be loaded as tensors (corrupted or truncated? {_first_line(e)})") from None
     if not isinstance(tensors, dict) or not all(isinstance(v, torch.Tensor) for v in tensors.values()):
         raise SnapshotError(f"{pt} does not hold a dict of tensors")
     try:
         hidden, n_in = int(config["hidden"]), len(config["inputs"])
     except (TypeError, ValueError) as e:
-        raise SnapshotError(f"{js}: bad architecture in config: {e}") from None
+        raise SnapshotError(f"{js}: bad architecture in config: {_first_line(e)}") from None
     want = {"l1.weight": (hidden, n_in), "l1.bias": (hidden,), "l2.weight": (1, hidden), "l2.bias": (1,)}
     got = {k: tuple(v.shape) for k, v in tensors.items()}
     if got != want:
@@ -111,7 +122,7 @@ def rule_from_snapshot(path: str | Path) -> MLPRule:
     try:
         rule = MLPRule(inputs=tuple(config["inputs"]), hidden=config["hidden"], act=config["act"], trainable=False)
     except (ValueError, TypeError) as e:
-        raise SnapshotError(f"{path}: bad architecture in config: {e}") from None
+        raise SnapshotError(f"{path}: bad architecture in config: {_first_line(e)}") from None
     rule.load_state_dict(tensors)
     rule.set_trainable(False)
     rule.source = {k: config.get(k) for k in ("step", "epoch", "seed")} | {"path": str(path)}

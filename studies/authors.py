@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     sc = ctx.scale
     seeds = list(range(sc.seeds))
     arms = build_arms(ctx.base)
-    bar = progress.progress_bar(progress.units_total(sc, len(arms)), STUDY, ctx.progress)
+    bar = progress.progress_bar(progress.plan(ctx.base, sc, arms), STUDY, ctx.progress)
     tuned, results = common.tune_and_replicate(ctx, arms, seeds, bar)
     bar.close()
     if args.no_report:

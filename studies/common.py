@@ -27,12 +27,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hat.config import TrainConfig
 from hat.tracking import REPO_ROOT, Tracker
-from studies import progress
+from studies import launch, progress, workqueue
+from studies.provenance import CommandParser
 from studies.tuning import CONDITIONAL, RATE_SPACE, Param, tune_all
 from studies.workqueue import delete_studies, open_storage, run_units
 
@@ -48,6 +51,7 @@ class Arm:
     overrides: dict  # TrainConfig fields (rule, rule_params, trainable_rule, ...)
     space: dict[str, Param] = field(default_factory=dict)  # arm-specific hyperparameters
     hypothesis: str = ""  # tag: which hypothesis this arm tests
+    tags: dict = field(default_factory=dict)  # extra MLflow tags of every run of this arm (e.g. family, kind)
 
     def config(self, base: TrainConfig, params: dict | None = None) -> TrainConfig:
         """`base` with this arm's overrides and tuned `params` applied."""
@@ -89,6 +93,33 @@ class Scale:
     population: int = 1  # seeds trained together per replicate unit (hat.population); >1 pays off on a GPU
 
 
+SCALE_HELP = {  # help text of the study-size flags
+    "trials": "Optuna trials per arm, equal for every arm (a trial killed with its worker does not count); 0 = no tuning",
+    "tuning_seeds": "seeds averaged by the tuning objective (seeds 10000+, disjoint from the final seeds)",
+    "seeds": "final paired seeds per arm (seeds 0..N-1)",
+    "hat_runs": "phase-1 HAT runs whose meta-learners are saved (studies that need them; seeds 20000+)",
+    "margin": "equivalence margin of the verdicts, in accuracy points (> 0)",
+    "n_boot": "bootstrap resamples for confidence intervals",
+    "sampler_seed": "seed of the TPE sampler (trial slot s samples with a seed derived from this and s)",
+    "population": "seeds trained together per replicate unit (hat.population); > 1 pays off on a GPU",
+}
+
+
+def validate_scale(scale: Scale) -> Scale:
+    """ConfigError (one line naming the flag, the value and what is accepted) for a study size that cannot work."""
+    from hat.config import ConfigError
+
+    minimum = {"trials": 0, "tuning_seeds": 1, "seeds": 1, "hat_runs": 1, "n_boot": 1, "sampler_seed": 0,
+               "population": 1}
+    for name, low in minimum.items():
+        v = getattr(scale, name)
+        if not isinstance(v, int) or isinstance(v, bool) or v < low:
+            raise ConfigError(f"--{name.replace('_', '-')} {v}: expected an integer >= {low}")
+    if not isinstance(scale.margin, int | float) or not math.isfinite(scale.margin) or scale.margin <= 0:
+        raise ConfigError(f"--margin {scale.margin}: expected a finite number > 0 (accuracy points)")
+    return scale
+
+
 SCALES = {
     "smoke": dict(train_preset="smoke", trials=2, tuning_seeds=1, seeds=3, hat_runs=2, n_boot=2000),
     "quick": dict(train_preset="quick", trials=5, tuning_seeds=2, seeds=5, hat_runs=3),
@@ -102,7 +133,7 @@ SCALES = {
 def build_parser(doc: str, prog: str, default_scale: str = "quick") -> argparse.ArgumentParser:
     from hat.train import add_config_args
 
-    p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = CommandParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default=default_scale, choices=sorted(SCALES),
                    help=f"study size (default: {default_scale}); smoke is for tests, paper for a GPU")
     p.add_argument("--name", default=None, help="study name (default: <study>-<preset>); rerun with the same name to resume")
@@ -117,8 +148,10 @@ def build_parser(doc: str, prog: str, default_scale: str = "quick") -> argparse.
     for f in dataclasses.fields(Scale):
         if f.name == "train_preset":
             continue
-        g.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=None, dest=f.name)
+        g.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=None, dest=f.name,
+                       help=f"{SCALE_HELP.get(f.name, '')} (default: from --preset)")
     add_config_args(p, skip=("seed", "snapshot_epochs"))
+    launch.add_launch_args(p)
     return p
 
 
@@ -164,50 +197,169 @@ class Context:
     out: Path
     data: object
     progress: bool = True
+    args: object = None  # the parsed command line; args.command is the exact command (studies.provenance)
+
+    @property
+    def unit_tracker(self):
+        """The tracker for a unit's runs: each run it starts is recorded with the unit's trial (studies.workqueue)."""
+        return UnitTracker(self.tracker) if self.tracker is not None else None
+
+    def fail_parent(self, error: BaseException | str) -> None:
+        """End the study's parent run FAILED (KILLED for an interrupt), with the reason; never raises."""
+        if self.tracker is None or not self.parent_id:
+            return
+        status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
+        reason = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        try:
+            run = self.tracker.run(self.parent_id)
+            run.set_tags({"status": status.lower(), "failure_reason": str(reason)[:4000]})
+            run.finish(status)
+        except Exception:
+            pass
+
+    def _guard(self, fn):
+        import optuna
+
+        try:
+            return fn()
+        except optuna.TrialPruned:
+            raise
+        except BaseException as e:
+            if not isinstance(e, SystemExit) or e.code not in (0, None):
+                self.fail_parent(e)
+            raise
 
     def train_population(self, cfg: TrainConfig, seeds: list[int], tags: dict, run_name: str):
-        from hat.population import train_population
+        from hat.trainer import train_population
 
         tags = {"study": self.study, "study_name": self.name, **tags}
-        return train_population(cfg, seeds, data=self.data, tracker=self.tracker, parent_id=self.parent_id,
-                                out_dir=self.out, tags=tags, progress=self.progress, run_name=run_name)
+        def cb(p, ev):  # fault injection at evaluations (HAT_FAULT_AT=eval), once per population evaluation
+            if p == 0:
+                workqueue.fault_point("eval")
 
-    def train(self, cfg: TrainConfig, tags: dict, run_name: str, callback=None, observer=None):
+        return self._guard(lambda: train_population(
+            cfg, seeds, data=self.data, tracker=self.unit_tracker, parent_id=self.parent_id, out_dir=self.out,
+            tags=tags, progress=self.progress, run_name=run_name, callback=cb))
+
+    def train(self, cfg: TrainConfig, tags: dict, run_name: str, callback=None, observer=None,
+              evaluate_test: bool = True):
+        """One run; evaluate_test=False for runs that must not read the test set (tuning)."""
         from hat.trainer import train
 
         tags = {"study": self.study, "study_name": self.name, **tags}
-        return train(cfg, data=self.data, tracker=self.tracker, parent_id=self.parent_id, out_dir=self.out,
-                     tags=tags, progress=self.progress, run_name=run_name, callback=callback, plot=False,
-                     observer=observer)
+
+        def cb(ev):  # fault injection at evaluations (HAT_FAULT_AT=eval), then the caller's callback
+            workqueue.fault_point("eval")
+            if callback is not None:
+                callback(ev)
+
+        return self._guard(lambda: train(
+            cfg, data=self.data, tracker=self.unit_tracker, parent_id=self.parent_id, out_dir=self.out, tags=tags,
+            progress=self.progress, run_name=run_name, callback=cb, plot=False, observer=observer,
+            evaluate_test=evaluate_test))
+
+
+class UnitTracker:
+    """A `hat.tracking.Tracker` whose `start_run` tags the run with the current unit ("unit_trial") and records
+    its id with the unit's trial, so a dead unit's runs can be closed (studies.workqueue.close_unit_runs)."""
+
+    def __init__(self, tracker: Tracker):
+        self.tracker = tracker
+
+    def __getattr__(self, name):
+        return getattr(self.tracker, name)
+
+    def start_run(self, name: str, tags: dict | None = None, parent_id: str | None = None):
+        run = self.tracker.start_run(name, tags={**(tags or {}), **workqueue.current_unit_tags()}, parent_id=parent_id)
+        workqueue.note_run(run.run_id, self.tracker.uri)
+        return run
+
+
+_ACTIVE: list[Context] = []  # the study contexts of this process, for the uncaught-exception hook
+
+
+def _excepthook(kind, value, tb):
+    for ctx in _ACTIVE:
+        ctx.fail_parent(value)
+    _PREVIOUS_HOOK[0](kind, value, tb)
+
+
+_PREVIOUS_HOOK = [sys.excepthook]
+
+
+def check_inputs(study: str, args, defaults: dict | None = None):
+    """Every input of a study, checked before anything is written or logged: (scale, base config, name, out).
+
+    Raises the errors of `hat.train.input_errors()` or `workqueue.StorageError`.
+    """
+    from hat.train import check_out, check_rule
+
+    scale = validate_scale(scale_from_args(args))
+    base = base_config_from_args(args, scale, defaults).validate()
+    check_rule(base)
+    name = args.name or f"{study}-{args.preset}"
+    if getattr(args, "snapshots", None):
+        snapshots_from_dir(args.snapshots, check=True)
+    workqueue.check_storage_url(args.storage or workqueue.default_storage())
+    out = Path(args.out or REPO_ROOT / "runs" / name)
+    check_out(out)
+    from hat.tracking import check_mlflow, check_tracking_uri, tracking_uri
+
+    check_mlflow()
+    check_tracking_uri(tracking_uri(args.tracking_uri))
+    launch.check_launch_args(args)
+    return scale, base, name, out
 
 
 def make_context(study: str, args, defaults: dict | None = None) -> Context:
+    """Check every input, load the data, then open the stores and the study's parent run (in that order: bad
+    input exits with status 2 and one line on stderr, before anything is written or logged)."""
     import optuna
 
     from hat import data as hat_data
+    from hat.config import ConfigError
     from hat.device import pick_device
+    from hat.train import bad_input, input_errors
 
-    scale = scale_from_args(args)
-    base = base_config_from_args(args, scale, defaults)
-    name = args.name or f"{study}-{args.preset}"
-    storage = open_storage(args.storage)
+    try:
+        scale, base, name, out = check_inputs(study, args, defaults)
+        # --launch: run the workers (through submitit) and wait for them; then go on as a worker that reports
+        launch.maybe_launch(args, name, out, lambda: delete_studies(open_storage(args.storage), name))
+        try:
+            device = pick_device(base.device)
+        except RuntimeError as e:
+            raise ConfigError(str(e)) from None
+        data = hat_data.load(args.data, device, base.val_size)
+        base.validate(n_train=len(data.x_train))
+        storage = open_storage(args.storage)
+    except (*input_errors(), workqueue.StorageError, launch.LaunchError) as e:
+        raise bad_input(e) from None
     if args.fresh:
         delete_studies(storage, name)
-    out = Path(args.out or REPO_ROOT / "runs" / name)
     out.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    tracker = Tracker(args.tracking_uri)
+    try:
+        tracker = Tracker(args.tracking_uri)
+    except input_errors() as e:
+        raise bad_input(e) from None
+    workqueue.set_tracking_uri(tracker.uri)
+    units_tracker = UnitTracker(tracker)
+
     def create_parent(key, spec):  # a unit of its own, so concurrent workers agree on one parent run
-        run = tracker.start_run(name, tags={"study": study, "study_name": name, "phase": "study",
-                                            "preset": args.preset})
+        run = units_tracker.start_run(name, tags={"study": study, "study_name": name, "phase": "study",
+                                                  "preset": args.preset})
         run.log_params({"scale": dataclasses.asdict(scale), "base": base.to_dict()})
         return {"run_id": run.run_id}
 
     parent_id = run_units(storage, f"{name}:parent", {"parent": {}}, create_parent)["parent"]["run_id"]
-    device = pick_device(base.device)
-    data = hat_data.load(args.data, device, base.val_size)
-    return Context(study, name, scale, base, storage, tracker, parent_id, out, data, not args.no_progress)
-
+    if tracker.client.get_run(parent_id).info.status != "RUNNING":
+        tracker.client.update_run(parent_id, status="RUNNING")  # resumed after a failure or a finish: running again
+    ctx = Context(study, name, scale, base, storage, tracker, parent_id, out, data, not args.no_progress, args)
+    _ACTIVE[:] = [ctx]
+    if sys.excepthook is not _excepthook:
+        _PREVIOUS_HOOK[0] = sys.excepthook
+        sys.excepthook = _excepthook  # an uncaught error ends the parent run FAILED (KILLED on Ctrl-C)
+    return ctx
 
 
 # ---------------------------------------------------------------- replicates
@@ -221,14 +373,14 @@ def run_replicates(ctx: Context, arms: list[Arm], tuned: dict[str, dict], seeds:
     """
     by_name = {a.name: a for a in arms}
     base = base or ctx.base
-    pop = ctx.scale.population if not base.grad_clip else 1
+    pop = ctx.scale.population
     chunks = [seeds[i : i + pop] for i in range(0, len(seeds), max(1, pop))]
     units = {f"{a.name}|{','.join(map(str, c))}": {"arm": a.name, "seeds": c} for a in arms for c in chunks}
 
     def fn(key, spec):
         arm = by_name[spec["arm"]]
         cfg = arm.config(base, tuned.get(arm.name, {}).get("params"))
-        tags = {"arm": arm.name, "rule": cfg.rule, "phase": phase, "hypothesis": arm.hypothesis}
+        tags = {**arm.tags, "arm": arm.name, "rule": cfg.rule, "phase": phase, "hypothesis": arm.hypothesis}
         if len(spec["seeds"]) == 1:
             s = spec["seeds"][0]
             res = [ctx.train(cfg.replace(seed=s), {**tags, "seed": s}, f"{phase} {arm.name} s{s}")]
@@ -256,7 +408,9 @@ def train_meta_learners(ctx: Context, snapshot_epochs, bar=progress.NO_BAR) -> d
     done = run_units(ctx.storage, f"{ctx.name}:phase1", units, fn)
     ok = [r for r in done.values() if r["status"] == "ok"]
     if not ok:
-        raise SystemExit("phase 1: every HAT run diverged; no meta-learner to freeze (see MLflow for reasons)")
+        msg = "phase 1: every HAT run diverged; no meta-learner to freeze (see MLflow for reasons)"
+        ctx.fail_parent(msg)
+        raise SystemExit(msg)
     snaps: dict[int, dict[float, str]] = {}
     for r in ok:
         for p in r["snapshots"]:
@@ -265,16 +419,27 @@ def train_meta_learners(ctx: Context, snapshot_epochs, bar=progress.NO_BAR) -> d
     return snaps
 
 
-def snapshots_from_dir(folder: str | Path) -> dict[int, dict[float, str]]:
-    """Snapshots saved by an earlier run: {seed: {epoch: path}}."""
+def snapshots_from_dir(folder: str | Path, check: bool = False) -> dict[int, dict[float, str]]:
+    """Snapshots saved by an earlier run: {seed: {epoch: path}}. check: load every one (format, shapes, hash).
+
+    A folder without snapshots, or a broken one, raises SnapshotError (one line; bad input)."""
+    from rules.snapshot import SnapshotError, load_snapshot
+
     folder = Path(folder)
-    files = sorted(folder.glob("*.json"))
+    files = sorted(folder.glob("*.json")) if folder.is_dir() else []
     if not files:
-        raise SystemExit(f"--snapshots {folder}: no snapshot (*.json + *.pt) found there")
+        raise SnapshotError(f"--snapshots {folder}: no snapshot (<stem>.pt + <stem>.json) found there; expected the "
+                            "snapshots/ folder of an earlier study")
     snaps: dict[int, dict[float, str]] = {}
     for js in files:
-        meta = json.loads(js.read_text())
-        snaps.setdefault(meta["seed"], {})[meta["epoch"]] = str(js.with_suffix(".pt"))
+        if check:
+            load_snapshot(js.with_suffix(".pt"))
+        try:
+            meta = json.loads(js.read_text())
+            snaps.setdefault(meta["seed"], {})[meta["epoch"]] = str(js.with_suffix(".pt"))
+        except (ValueError, KeyError, TypeError) as e:
+            raise SnapshotError(f"--snapshots {folder}: {js.name} is not a snapshot config ({type(e).__name__}: {e})"
+                                ) from None
     return snaps
 
 

@@ -82,8 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     ctx = common.make_context(STUDY, args)
     sc = ctx.scale
     seeds = list(range(sc.seeds))
-    n_arms = len(build_arms([""], "", ""))
-    bar = progress.progress_bar(progress.units_total(sc, n_arms, 0 if args.snapshots else sc.hat_runs), STUDY, ctx.progress)
+    plan_arms = build_arms([""] * sc.hat_runs, "", "")  # snapshot paths come from phase 1; the cost needs the rules only
+    bar = progress.progress_bar(progress.plan(ctx.base, sc, plan_arms, 0 if args.snapshots else sc.hat_runs), STUDY,
+                                ctx.progress)
     snaps = common.snapshots_from_dir(args.snapshots) if args.snapshots else phase1(ctx, bar)
     finals, final, early = pick(snaps)
     arms = build_arms(finals, final, early)

@@ -4,13 +4,26 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import inspect
+import json
 import math
+import re
+import textwrap
 from pathlib import Path
 
-from hat.tracking import ui_command
-from studies.analysis import Hypothesis, accuracy_matrix, arm_table, compare_hypotheses, comparison_table, verdict_lines
+from hat.tracking import REPO_ROOT, ui_command
+from studies.analysis import (
+    METRICS,
+    Hypothesis,
+    accuracy_matrix,
+    arm_table,
+    compare_hypotheses,
+    comparison_table,
+    metric_outcomes,
+    verdict_lines,
+)
 from studies.common import Arm, Context
-from studies.tuning import TUNING_SEED_BASE
+from studies.tuning import CONDITIONAL, TUNING_SEED_BASE
 
 
 def write_results_csv(results: dict[tuple[str, int], dict], path: Path) -> Path:
@@ -32,15 +45,350 @@ def write_curves_csv(results: dict[tuple[str, int], dict], path: Path) -> Path:
     return path
 
 
-def finish_report(ctx: Context, title: str, doc: str, sections: list[str], files: list[Path]) -> Path:
-    """Write report.md, log it and `files` to the parent run, and print where they are."""
+# ---------------------------------------------------------------- verdicts (report summary and console)
+
+VERDICT_LINE = re.compile(r"VERDICT (\S+): (SUPPORTED|NEGLIGIBLE|REFUTED|INCONCLUSIVE) — (.*)$")
+_STANDARD = re.compile(r"^(?P<claim>.*) \((?P<metric>[\w.]+): Δ = (?P<d>\S+) .*?, 95% CI \[(?P<lo>\S+), (?P<hi>\S+)\]")
+
+
+def parse_verdicts(text: str) -> list[dict]:
+    """Every `VERDICT key: WORD — claim (details)` line of a report body, in order: {"hypothesis", "verdict",
+    "claim", "metric", "Δ", "95% CI"}; Δ, CI and metric are "" for verdicts that are not one paired comparison
+    (composite rules, trends), whose details stay in the report."""
+    rows = []
+    for line in text.splitlines():
+        m = VERDICT_LINE.search(line)
+        if not m:
+            continue
+        key, word, rest = m.groups()
+        std = _STANDARD.match(rest)
+        if std:
+            rows.append({"hypothesis": key, "verdict": word.lower(), "claim": std["claim"], "metric": std["metric"],
+                         "Δ": std["d"], "95% CI": f"[{std['lo']}, {std['hi']}]"})
+        else:
+            rows.append({"hypothesis": key, "verdict": word.lower(), "claim": rest.split(" (", 1)[0].strip(),
+                         "metric": "", "Δ": "", "95% CI": ""})
+    return rows
+
+
+def verdict_console_table(rows: list[dict], claim_width: int = 64) -> str:
+    """The verdicts as a plain-text table for the console: hypothesis, claim, difference, CI, verdict."""
+    cols = ["hypothesis", "claim", "metric", "Δ", "95% CI", "verdict"]
+    cells = [[r[c] if c != "claim" else textwrap.shorten(r[c], claim_width, placeholder="…") for c in cols]
+             for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(cols)]
+    line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(cols), line(["-" * w for w in widths]), *(line(row) for row in cells)])
+
+
+# ---------------------------------------------------------------- provenance and settings
+
+
+def _field_comments(cls) -> dict[str, str]:
+    """The trailing `# comment` of each dataclass field in `cls`'s source (a `# ^ ...` line continues the field
+    above it)."""
+    out, last = {}, None
+    for line in inspect.getsource(cls).splitlines():
+        m = re.match(r"^\s+(\w+): [^#]*?=[^#]*?(?:#\s*(.*))?$", line)
+        if m and not line.strip().startswith("#"):
+            last = m[1]
+            out[last] = (m[2] or "").strip()
+            continue
+        c = re.match(r"^\s+#\s*\^\s*(.*)$", line)
+        if c and last:
+            out[last] = (out[last] + " " + c[1]).strip()
+    return out
+
+
+SETTING_NOTES = {  # settings whose source comment does not say what they are
+    "epochs": "length of training in epochs over the training split (may be fractional)",
+}
+
+
+def _value(v) -> str:
+    if isinstance(v, float):
+        return format(v, "g")
+    if isinstance(v, (dict, list, tuple)):
+        return json.dumps(v)
+    return str(v)
+
+
+def provenance_lines(ctx: Context) -> list[str]:
+    """The report's provenance block: command, git commit and dirty flag, package versions, device, date, data."""
+    from hat.data import data_root
+    from studies import provenance as pv
+
+    args = ctx.args
+    command = getattr(args, "command", None) or f"python -m studies.{ctx.study} (command line not recorded)"
+    git = pv.git_state(REPO_ROOT)
+    dirty = {True: "yes: tracked files differ from the commit", False: "no", None: "unknown"}[git["dirty"]]
+    dev = pv.device_info(ctx.base.device)
+    data = pv.data_checksum(data_root(getattr(args, "data", None)))
+    files = ", ".join(f"`{n}` {h[:12]}" for n, h in data["files"].items())
+    return ["## Provenance", "",
+            f"- command: `{command}`",
+            f"- git commit: `{git['commit']}`, uncommitted changes: {dirty}",
+            "- packages: " + ", ".join(f"{k} {v}" for k, v in pv.package_versions().items()),
+            f"- device: {dev.pop('device')}; " + "; ".join(f"{k}: {v}" for k, v in dev.items()),
+            f"- date: {pv.now_utc()}",
+            f"- data: Fashion-MNIST from `{data['root']}`; sha256 of the files' sha256s: `{data['sha256']}` "
+            f"({files})",
+            f"- outputs: `{ctx.out}`; Optuna storage: `{getattr(ctx.storage, 'url', ctx.storage)}`; MLflow parent "
+            f"run `{ctx.parent_id}`", ""]
+
+
+def settings_table(ctx: Context) -> str:
+    """Every study-size and training setting with its value, whether it differs from the preset, and its meaning."""
+    from hat.config import TrainConfig, preset
+    from studies import stats
+    from studies.common import SCALES, Scale
+
+    rows = []
+    scale_default = Scale(**SCALES.get(getattr(ctx.args, "preset", ""), {})) if ctx.args is not None else None
+    notes = _field_comments(Scale)
+    for f in dataclasses.fields(ctx.scale):
+        v = getattr(ctx.scale, f.name)
+        source = "" if scale_default is None else "preset" if getattr(scale_default, f.name) == v else "changed"
+        rows.append({"setting": f"study.{f.name}", "value": _value(v), "source": source,
+                     "meaning": notes.get(f.name, "")})
+    ref = preset(ctx.scale.train_preset).to_dict()
+    notes = _field_comments(TrainConfig)
+    for k, v in ctx.base.to_dict().items():
+        rows.append({"setting": f"train.{k}", "value": _value(v), "source": "preset" if ref.get(k) == v else "changed",
+                     "meaning": SETTING_NOTES.get(k) or notes.get(k, "")})
+    return stats.format_table(rows)
+
+
+# ---------------------------------------------------------------- legend
+
+LEGEND = {
+    # settings
+    "setting": "a study-size field (`study.*`) or a field of the base training config (`train.*`), before an arm's "
+               "overrides and tuned values",
+    "value": "the value the study ran with",
+    "source": "`preset`: the preset's value; `changed`: set by a flag or by the study's own defaults; blank: "
+              "unknown (no command line recorded)",
+    "meaning": "what the setting does",
+    # summary / verdicts
+    "hypothesis": "the claim's short id (H-*: a hypothesis of the paper; X-*: exploratory)",
+    "claim": "what is tested, in the paper's words where it has them",
+    "verdict": "the decision of the verdict rule above: supported, negligible, refuted or inconclusive",
+    # arms
+    "arm": "one configuration (rule and options) compared with the others; `control` is plain backprop",
+    "runs": "final paired seeds run for the arm",
+    "diverged": "runs that stopped on a non-finite loss or weight; kept and scored as the failure value",
+    "mean test acc": "mean final test accuracy (%) over the seeds, diverged runs scored as the value in brackets",
+    "95% CI": "95% t interval across seeds: of the arm's mean accuracy (arm table) or of Δ (comparison tables)",
+    "tuned val acc": "the tuning objective of the chosen trial: mean validation accuracy (%) over the tuning seeds",
+    "tuned params": "the chosen trial's values (the tuning section lists every trial)",
+    # comparisons
+    "metric": "the per-run quantity compared (see the metric conventions table)",
+    "n": "seeds paired (pairs with an undefined metric left out)",
+    "failed (arm/ctl)": "diverged runs of the arm / of the control, scored as the metric's failure value",
+    "missing": "pairs left out because the metric is undefined for a run that did not diverge",
+    "Δ": "mean paired difference, arm − control, over seeds, in the metric's unit",
+    "margin": "the smallest difference that matters (equivalence margin), in the metric's unit",
+    "p effect": "one-sided paired t-test p-value of H0 'no effect in the claimed direction' (unadjusted)",
+    "Holm p effect": "`p effect` Holm-adjusted over all 2m tests of the family; enters the verdict",
+    "p below margin": "one-sided paired t-test p-value of H0 'effect ≥ margin' (unadjusted)",
+    "Holm p below margin": "`p below margin` Holm-adjusted over the family; enters the verdict",
+    "p (Wilcoxon)": "two-sided Wilcoxon signed-rank p-value of Δ = 0 (reported only)",
+    "d_z": "standardised paired effect: mean(d) / sd(d) (reported only)",
+    "P(improve)": "share of seeds on which the arm beats the control in the claimed direction (reported only)",
+    "p TOST": "two one-sided tests p-value of H0 |Δ| ≥ margin (equivalence; unadjusted, reported only)",
+    "seeds for 80% power": "paired seeds the verdict's tests need for 80% power at the margin, given the observed "
+                           "sd of d (−1: unknown, fewer than 2 seeds)",
+    # metric conventions
+    "unit": "the unit of the metric, its differences and its margin",
+    "better": "whether higher or lower values of the metric are better",
+    "default margin": "the metric's margin unless `--margin` overrides it (accuracy metrics only)",
+    "diverged run scored as": "the failure value given to a diverged run: chance accuracy, or the largest sd",
+    # tuning
+    "trial": "Optuna trial number within the arm's study (the first: the preset's values; the second, for every "
+             "arm but the control: the preset with the control's tuned learner settings)",
+    "state": "COMPLETE, PRUNED (stopped early by the median pruner) or FAIL (interrupted; not counted)",
+    "objective": "mean validation accuracy (%) over the tuning seeds; a diverged trial scores 0; pruned: blank",
+    "counted": "part of the arm's budget of `trials` finished trials, among which the best is chosen (a trial "
+               "interrupted with its worker is not counted; another takes its place)",
+    "chosen": "★ marks the trial whose values the arm's final runs use",
+    # studies.epochs: time to target
+    "reached": "seeds whose validation accuracy reached the target / seeds",
+    "median epochs": "median over the seeds that reached it of the first epoch at the target",
+    "median seconds": "the same in seconds of training time",
+    # studies.rule_over_time
+    "t (epochs)": "snapshot time of the meta-learner, in epochs of its phase-1 run",
+    "early": "whether t is an early snapshot time (counted for H1)",
+    "mean Δ vs control": "mean paired test-accuracy difference, frozen snapshot − control, accuracy points",
+    "95% t-CI": "95% t interval of that mean across seeds",
+    "Holm p": "Holm-adjusted p-value of the effect test (as `Holm p effect`)",
+    "mean |R(t)|": "mean absolute output of the rule at t over the input sample (its scale)",
+    "distance to previous": "functional distance between the rule at t and at the previous snapshot time",
+    "relative to |R|": "distance to previous / mean |R(t)|",
+    "per epoch": "distance to previous / time since the previous snapshot",
+    "distance to final": "functional distance between the rule at t and the final rule",
+}
+
+
+def param_legend(name: str) -> str:
+    """What a tuned parameter's column means (search-space keys of studies.tuning)."""
+    from hat.config import TrainConfig
+
+    if name in CONDITIONAL:
+        return f"the learner's learning rate, tried when optimizer = {CONDITIONAL[name][1]}"
+    if name.startswith("rule_params."):
+        return f"the rule's parameter `{name.split('.', 1)[1]}`"
+    return _field_comments(TrainConfig).get(name, "a tuned value")
+
+
+def table_headers(text: str) -> list[str]:
+    """The column headers of every markdown table in `text`, each once, in order of appearance."""
+    lines = text.splitlines()
+    out: list[str] = []
+    for a, b in zip(lines, lines[1:]):
+        if a.startswith("| ") and re.match(r"^\|( --- \|)+$", b.strip()):
+            for h in a.strip().strip("|").split(" | "):
+                h = h.strip().replace("\\|", "|")
+                if h and h not in out:
+                    out.append(h)
+    return out
+
+
+def is_param(header: str) -> bool:
+    """Whether a column header is a tuned parameter (a search-space key or a TrainConfig field)."""
+    from hat.config import TrainConfig
+
+    return (header in CONDITIONAL or header.startswith("rule_params.")
+            or header in {f.name for f in dataclasses.fields(TrainConfig)})
+
+
+def legend_entry(header: str, extra: dict[str, str] | None = None) -> str | None:
+    known = {**LEGEND, **(extra or {})}
+    if header in known:
+        return known[header]
+    if is_param(header):
+        return "tuned value: " + param_legend(header)
+    for k, v in LEGEND.items():  # a header with a qualifier, e.g. "mean test acc (diverged = 10)"
+        if header.startswith(k + " "):
+            return v
+    return None
+
+
+def legend_lines(text: str, extra: dict[str, str] | None = None) -> list[str]:
+    """One line per table column of `text` whose meaning is known (`LEGEND`, then `extra`), each column once."""
+    rows = [(h, legend_entry(h, extra)) for h in table_headers(text)]
+    return [f"- **{h}**: {e}" for h, e in rows if e]
+
+
+# ---------------------------------------------------------------- tuning
+
+
+def _tuning_study(ctx: Context, arm: str):
+    """The arm's Optuna tuning study (`<name>:tune:<arm>`, or `<name>:<part>:tune:<arm>` for studies that tune in
+    parts), loaded read-only; None if absent."""
+    import optuna
+
+    names = optuna.get_all_study_names(ctx.storage)
+    exact = f"{ctx.name}:tune:{arm}"
+    match = exact if exact in names else next((n for n in names if n.startswith(ctx.name + ":")
+                                               and n.endswith(f":tune:{arm}")), None)
+    return optuna.load_study(study_name=match, storage=ctx.storage) if match else None
+
+
+def counted_trials(trials, n: int) -> set[int]:
+    """Numbers of the trials that make up an arm's budget of n, as studies.tuning counts them: per slot 0..n-1 the
+    first complete or pruned trial holding it (trials without slots: the first n complete or pruned)."""
+    done = [t for t in sorted(trials, key=lambda t: t.number) if t.state.name in ("COMPLETE", "PRUNED")]
+    if not any("slot" in t.user_attrs for t in trials):
+        return {t.number for t in done[:n]}
+    held: dict[int, int] = {}
+    for t in done:
+        s = t.user_attrs.get("slot")
+        if isinstance(s, int) and 0 <= s < n and s not in held:
+            held[s] = t.number
+    return set(held.values())
+
+
+def tuning_traces(ctx: Context, arms: list[str], tuned: dict[str, dict]) -> dict[str, list[dict]]:
+    """Per arm, every trial of its tuning study: number, state, params, objective value (complete trials), last
+    reported value (pruned trials), whether it counts toward the budget, and whether it was chosen."""
+    out = {}
+    for arm in arms:
+        study = _tuning_study(ctx, arm)
+        if study is None:
+            continue
+        trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+        finished = counted_trials(trials, ctx.scale.trials)
+        chosen = tuned.get(arm, {}).get("trial")
+        out[arm] = [{"number": t.number, "state": t.state.name, "params": dict(t.params),
+                     "value": t.value if t.state.name == "COMPLETE" else None,
+                     "last": (t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None),
+                     "counted": t.number in finished, "chosen": t.number == chosen,
+                     "note": t.user_attrs.get("diverged", "")} for t in trials]
+    return out
+
+
+def tuning_section(ctx: Context, arms: list[Arm], tuned: dict[str, dict], colors: dict[str, str],
+                   suffix: str = "") -> tuple[list[str], list[Path]]:
+    """Per arm: its trials (values tried, objective, state), the chosen values, and one best-so-far figure."""
+    from hat.plots import plot_tuning
+    from studies import stats
+
+    if ctx.scale.trials == 0:
+        return ["## Tuning", "", "Tuning skipped (`--trials 0`): every arm uses the preset's values.", ""], []
+    names = [a.name for a in arms]
+    traces = tuning_traces(ctx, names, tuned)
+    lines = ["## Tuning", "",
+             f"Each arm had {ctx.scale.trials} trials; values tried, objective and state per trial. The chosen trial "
+             "(★) is the best complete trial among the counted ones.", ""]
+    for a in arms:
+        ts = traces.get(a.name)
+        t = tuned.get(a.name, {})
+        if not ts:
+            lines += [f"### {a.name}", "", f"No tuning record for `{a.name}` in the Optuna storage.", ""]
+            continue
+        keys = list(dict.fromkeys(k for tr in ts for k in tr["params"]))
+        rows = [{"trial": tr["number"], "state": tr["state"] + (" (diverged)" if tr["note"] else ""),
+                 "objective": tr["value"], **{k: tr["params"].get(k) for k in keys},
+                 "counted": "yes" if tr["counted"] else "no", "chosen": "★" if tr["chosen"] else ""} for tr in ts]
+        chosen = ", ".join(f"{k} = {_value(v) if not isinstance(v, float) else format(v, '.4g')}"
+                           for k, v in t.get("params", {}).items()) or "the preset's values"
+        note = f" ({t['note']})" if t.get("note") else ""
+        lines += [f"### {a.name}", "", stats.format_table(rows, floatfmt=".4g"), "",
+                  f"Chosen: {chosen}{note}; objective {fmt(t.get('value'))}.", ""]
+    files = []
+    if traces:
+        fig = plot_tuning(traces, ctx.out / f"tuning{suffix}.png",
+                          f"{ctx.name}: tuning per arm — objective (mean validation accuracy, %) by trial, best so far",
+                          colors)
+        files.append(fig)
+        lines += figure_block([fig], ctx.out) + [""]
+    return lines, files
+
+
+# ---------------------------------------------------------------- the report
+
+
+def finish_report(ctx: Context, title: str, doc: str, sections: list[str], files: list[Path],
+                  legend: dict[str, str] | None = None) -> Path:
+    """Write report.md, log it and `files` to the parent run, print where they are, then the verdict table.
+
+    report.md: title, provenance, verdicts at a glance, settings, the study's docstring, the verdict rule, the
+    study's sections, and a legend of every table column (`LEGEND`, plus the study's own `legend` entries)."""
     from studies import stats
 
     path = ctx.out / "report.md"
-    head = [f"# {title}", "", f"Study `{ctx.name}` (module `studies.{ctx.study}`), preset scale: "
-            f"{dataclasses.asdict(ctx.scale)}.", "", doc.strip(), "", "## Verdict rule", "", "```",
-            stats.VERDICT_RULE.strip(), "```", ""]
-    path.write_text("\n".join(head + sections) + "\n")
+    body = "\n".join(sections)
+    verdicts = parse_verdicts(body)
+    summary = (["## Verdicts at a glance", "", stats.format_table(verdicts), "",
+                "Details, and every statistic behind them, in the sections below.", ""] if verdicts else [])
+    head = [f"# {title}", "", *provenance_lines(ctx), *summary,
+            "## Settings", "", f"Study `{ctx.name}` (module `studies.{ctx.study}`), preset `{ctx.scale.train_preset}`.",
+            "", settings_table(ctx), "",
+            "## About this study", "", doc.strip(), "", "## Verdict rule", "", "```", stats.VERDICT_RULE.strip(), "```",
+            ""]
+    text = "\n".join(head + sections)
+    legend = ["## Column legend", "", *legend_lines(text, legend), ""]
+    path.write_text(text + "\n" + "\n".join(legend) + "\n")
     if ctx.tracker is not None and ctx.parent_id:
         run = ctx.tracker.run(ctx.parent_id)
         for f in [path, *files]:
@@ -50,6 +398,8 @@ def finish_report(ctx: Context, title: str, doc: str, sections: list[str], files
     print(f"results: {ctx.out}")
     if ctx.tracker is not None:
         print(f"MLflow UI: {ui_command(ctx.tracker.uri)}   (parent run {ctx.parent_id})")
+    if verdicts:
+        print(f"\nVerdicts ({title}):\n" + verdict_console_table(verdicts))
     return path
 
 
@@ -61,24 +411,63 @@ def fmt(x: float, spec: str = ".2f") -> str:
     return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
 
-def comparison_sections(ctx: Context, arms: list[Arm], tuned: dict[str, dict], results: dict, seeds: list[int],
-                        hypotheses: list[Hypothesis], tag: str = "") -> tuple[list[str], list[Path], list]:
-    """The standard report body: arms, comparisons, verdicts, figures, per-seed CSVs."""
-    from hat.plots import plot_curves_ci, plot_paired_differences
+def difference_rows(results: dict, seeds: list[int], hypotheses: list[Hypothesis], comps) -> list[dict]:
+    """Per hypothesis, what the paired-difference figure draws: per-seed d (diverged runs scored as the metric's
+    failure value, pairs with a missing value left out, as the comparison does), mean, 95% CI, margin, verdict."""
+    import numpy as np
+
     from studies import stats
 
+    rows = []
+    for h, c in zip(hypotheses, comps):
+        m = METRICS[h.metric]
+        a, _, miss_a = metric_outcomes(results, h.arm, seeds, h.metric)
+        b, _, miss_b = metric_outcomes(results, h.control, seeds, h.metric)
+        keep = ~(miss_a | miss_b)
+        d = (stats.fill_failures(a[keep], m.failure)[0] - stats.fill_failures(b[keep], m.failure)[0]
+             if keep.any() else np.array([]))
+        rows.append({"key": h.key, "arm": h.arm, "d": d, "mean": c.mean_diff, "lo": c.ci_lo, "hi": c.ci_hi,
+                     "margin": c.margin, "verdict": c.verdict, "metric": h.metric, "unit": m.unit})
+    return rows
+
+
+def curve_references(names: list[str], hypotheses: list[Hypothesis]) -> tuple[dict[str, str], set[str]]:
+    """({arm: the control drawn with it in the curves figure}, the pure controls: arms only ever compared against).
+
+    An arm's reference is `control` where the study has one, else the control of its first hypothesis (e.g.
+    control@θ); pure controls are drawn grey in every figure, every other arm in a colour of its own."""
+    reference = {a: "control" for a in names if a != "control" and "control" in names}
+    for h in hypotheses:
+        if h.arm != h.control:
+            reference.setdefault(h.arm, h.control)
+    return reference, set(reference.values()) - set(reference)
+
+
+def comparison_sections(ctx: Context, arms: list[Arm], tuned: dict[str, dict], results: dict, seeds: list[int],
+                        hypotheses: list[Hypothesis], tag: str = "") -> tuple[list[str], list[Path], list]:
+    """The standard report body: arms, comparisons, verdicts, tuning, figures, per-seed CSVs."""
+    from hat.plots import arm_colors, plot_differences, plot_learning_curves
+
     names = [a.name for a in arms]
+    reference, controls = curve_references(names, hypotheses)
+    colors = arm_colors(names, controls or "control")
     acc = accuracy_matrix(results, names, seeds)
     comps = compare_hypotheses(results, seeds, hypotheses, ctx.scale.margin, ctx.scale.n_boot)
     suffix = f"_{tag}" if tag else ""
     files = [write_results_csv(results, ctx.out / f"results{suffix}.csv"),
              write_curves_csv(results, ctx.out / f"curves{suffix}.csv")]
     curves = {a: [results[(a, s)].get("curve", []) if results[(a, s)]["status"] == "ok" else [] for s in seeds]
-              for a in names}
-    fig_curves = plot_curves_ci(curves, ctx.out / f"curves{suffix}.png", f"{ctx.name}: validation accuracy, mean ± 95% CI")
-    diffs = {h.arm: stats.paired_differences(acc[h.arm], acc[h.control])[0] for h in hypotheses if h.metric == "test_acc"}
-    fig_diffs = plot_paired_differences(diffs, ctx.out / f"paired_differences{suffix}.png",
-                                        f"{ctx.name}: per-seed paired differences (test)")
+              for a in names}  # a diverged run: an empty curve
+    curves = {a: c for a, c in curves.items()  # arms without curves (derived, e.g. mean_rule's "individual"): none
+              if any(c) or any(results[(a, s)]["status"] != "ok" for s in seeds)}
+    fig_curves = plot_learning_curves(
+        curves, ctx.out / f"curves{suffix}.png",
+        f"{ctx.name}: validation accuracy during training, median and interquartile range over {len(seeds)} seeds "
+        "(grey: the arm's control)", colors, control=reference or "control")
+    fig_diffs = plot_differences(
+        difference_rows(results, seeds, hypotheses, comps), ctx.out / f"paired_differences{suffix}.png",
+        f"{ctx.name}: paired differences arm − control per hypothesis (dots: seeds; diamond: mean, 95% CI; "
+        "grey: ±margin)", colors)
     files += [fig_curves, fig_diffs]
     tuning = ("Tuning skipped (`--trials 0`): every arm uses the preset's values." if ctx.scale.trials == 0 else
               f"Every arm was tuned with {ctx.scale.trials} Optuna trials (TPE, seed {ctx.scale.sampler_seed}, median "
@@ -86,6 +475,8 @@ def comparison_sections(ctx: Context, arms: list[Arm], tuned: dict[str, dict], r
               f"tuning seed(s) (seeds {TUNING_SEED_BASE}+, disjoint from the final seeds). Trial 0 of every arm is the "
               "preset's values; trial 1 of every other arm is the preset with the control's tuned optimizer and "
               "learning rate.")
+    tune_lines, tune_files = tuning_section(ctx, arms, tuned, colors, suffix)
+    files += tune_files
     sections = [
         "## Arms", "", f"Final seeds: {seeds[0]}..{seeds[-1]} (paired: seed s shares learner init and data order "
         "across arms). Test accuracy at the end of training, in percent. " + tuning, "",
@@ -93,5 +484,6 @@ def comparison_sections(ctx: Context, arms: list[Arm], tuned: dict[str, dict], r
         "## Comparisons with the control (one Holm family)", "", comparison_table(comps, hypotheses), "",
         "## Verdicts", "", *[f"- {line}" for line in verdict_lines(hypotheses, comps)], "",
         "## Figures", "", *figure_block([fig_curves, fig_diffs], ctx.out), "",
+        *tune_lines,
     ]
     return sections, files, comps

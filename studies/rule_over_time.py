@@ -350,8 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     times, merged = merge_same_step(wanted, spe, total)
     if merged:
         how += f"; {', '.join(f'{t:g}' for t in merged)} fell on the same training step as a later time and were merged"
-    n_arms = len(times) + 2
-    bar = progress.progress_bar(progress.units_total(sc, n_arms, 0 if args.snapshots else sc.hat_runs), STUDY, ctx.progress)
+    plan_arms = build_arms({t: "" for t in times})  # snapshot paths come from phase 1; the cost needs the rules only
+    bar = progress.progress_bar(progress.plan(ctx.base, sc, plan_arms, 0 if args.snapshots else sc.hat_runs), STUDY,
+                                ctx.progress)
     snaps = snapshots_from_dir(args.snapshots) if args.snapshots else common.train_meta_learners(ctx, times, bar)
     if args.snapshots:
         how = f"the times of the snapshots found in `{args.snapshots}`"

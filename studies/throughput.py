@@ -15,6 +15,8 @@ Implementations:
   fused        `hat.kernels` backend "fused" (analytic block-wise backward, pure torch)
   fused-compile  the same with its block functions under torch.compile (opt-in in the library:
                HAT_FUSED_COMPILE=1); the first step includes compiling
+  cpu          `hat.kernels` backend "cpu" (numba kernels, `hat.kernels.cpu`; the CPU default);
+               the first step in a fresh checkout includes numba's compile (cached on disk)
   triton       `hat.kernels` backend "triton" (CUDA only)
 
 Reported per implementation: median ms per step after warm-up (and the best step), on CPU
@@ -40,6 +42,24 @@ Shared CPUs. When other processes compete for the cores, OpenMP threads that spi
 barriers make multi-threaded timings erratic (seen: 2-thread steps 5-10x slower than
 1-thread ones). Then compare the CPU-time column, use --threads 1, or set
 OMP_WAIT_POLICY=PASSIVE in the environment.
+
+Kernel comparison (--compare-pops, default "1,25"; empty to skip). In this one process,
+after the table above: cpu, fused, fused-compile and naive (--compare-impls) on both layers
+at each P, P > 1 through the population entry (`hat.kernels.mlp_population_delta`: one
+call for all pairs on cpu, a loop over pairs for the others; every pair has its own rule
+and inputs). Round robin: after one warm-up step each (which includes compiling), each
+repeat times one step of every implementation in turn, so a busy machine slows all of them
+alike; medians of wall and CPU time per step, and speedups (ratios of wall medians) over
+fused and naive. Peak memory per step: on Linux the process's peak RSS (VmHWM) is reset
+(/proc/self/clear_refs) before each step and read after it; the table gives that peak
+(the whole process: Python, torch, numba, the inputs) and in brackets its excess over the
+RSS at the start of the step (memory the allocator already holds is not counted again);
+elsewhere "n/a". naive runs only at P = 1, at B' =
+--cpu-scale * B with time scaled by B / B' like the table above. "max rel diff" is the
+largest |x - x_fused| / max |x_fused| over the value and the gradients of pre, w, post,
+W1, b1, w2, b2 (float32 round-off: ~1e-6; a ReLU whose z lands within round-off of 0 in
+one implementation and not in the other flips that unit's derivative, which can show as
+~1e-3 in a sum of a few hundred terms).
 
 Training time. After the rule-step table, whole training steps of the paper preset
 (784-183-10 sigmoid learner, batch 50, M 3-100-1, the library's default backend) are timed
@@ -75,13 +95,14 @@ import torch
 import torch.nn.functional as F
 
 from hat import elementwise
-from hat.kernels import ACTS, MLPForm, flops, fused, mlp_delta, triton_available
+from hat.kernels import ACTS, MLPForm, flops, fused, mlp_delta, mlp_population_delta, numba_available, triton_available
 
 SIZES = {
     "paper": dict(B=50, O=183, I=784, H=100, act="relu", inputs=("pre", "w", "post")),
     "authors": dict(B=10, O=256, I=784, H=30, act="tanh", inputs=("pre", "w", "post", "grad")),
 }
-IMPLS = ("paper-style", "naive", "compile", "chunked", "fused", "fused-compile", "triton")
+IMPLS = ("paper-style", "naive", "compile", "chunked", "fused", "fused-compile", "cpu", "triton")
+COMPARE_IMPLS = ("cpu", "fused", "fused-compile", "naive")
 DEFAULT_SCALED = ("paper-style", "naive", "compile", "chunked")
 ROOT = Path(__file__).resolve().parents[1]
 RESULT_TAG = "THROUGHPUT_RESULT "
@@ -127,7 +148,7 @@ def make_impl(name: str, form: MLPForm):
                                                    form.act, tuple(form.inputs))
     if name == "fused-compile":
         return lambda pre, w, post, grad: fused.delta(pre, w, post, grad, form, 256 * 2**20, compiled=True)
-    if name in ("chunked", "fused", "triton"):
+    if name in ("chunked", "fused", "cpu", "triton"):
         return lambda pre, w, post, grad: mlp_delta(pre, w, post, grad, form, backend=name)
     raise ValueError(f"unknown implementation {name!r}; choose from {IMPLS}")
 
@@ -179,6 +200,8 @@ def measure(size: str, impl: str, device: str, batch: int, repeats: int, warmup:
         return {"status": "skipped", "note": "CUDA only"}
     if impl == "triton" and not triton_available():
         return {"status": "skipped", "note": "triton unavailable"}
+    if impl == "cpu" and (cuda or not numba_available()):
+        return {"status": "skipped", "note": "CPU only" if cuda else "numba unavailable"}
     form, pre, w, post, grad, up = make_inputs(size, batch, device)
     leaves = [pre, w, post, form.w1, form.b1, form.w2, form.b2]
     try:
@@ -318,6 +341,10 @@ def parse_args(argv=None):
                    help="one subprocess per implementation (auto: on CPU, where peak RSS needs a fresh process; "
                         "with 'no' on CPU the RSS column is the process's high-water mark so far)")
     p.add_argument("--out", default=None, help="also write the markdown table to this file")
+    p.add_argument("--compare-pops", default="1,25",
+                   help="population sizes P of the kernel comparison (comma-separated; empty = skip it)")
+    p.add_argument("--compare-impls", default=",".join(COMPARE_IMPLS),
+                   help=f"implementations of the kernel comparison, subset of {','.join(COMPARE_IMPLS)}")
     p.add_argument("--population", type=int, default=None,
                    help="P for the population-batched training-time rows (default 25 on CUDA, 5 on CPU; 1 = skip)")
     p.add_argument("--train-steps", type=int, default=None, help="timed training steps per row (default 30 CUDA, 3 CPU)")
@@ -387,6 +414,19 @@ def main(argv=None) -> int:
               + (f" ({torch.cuda.get_device_name(device)})" if cuda else f", {threads} CPU threads")
               + f", float32, median of {repeats} after {warmup} warm-up; torch {torch.__version__}")
     text = header + "\n\n" + table(rows, peak, device) + "\n"
+    pops = [int(x) for x in args.compare_pops.split(",") if x.strip()]
+    compare_rows = []
+    if pops:
+        cimpls = [s.strip() for s in args.compare_impls.split(",") if s.strip()]
+        bad = [s for s in cimpls if s not in COMPARE_IMPLS]
+        if bad:
+            raise SystemExit(f"unknown --compare-impls {bad}; choose from {COMPARE_IMPLS}")
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        print("[throughput] kernel comparison (one process, round robin) ...", file=sys.stderr, flush=True)
+        compare_rows = compare(device, sizes, pops, cimpls, repeats, warmup, args.batch, args.cpu_scale,
+                               args.compile_timeout)
+        text += "\n" + compare_table(compare_rows, device, repeats) + "\n"
     train_rows = []
     if not args.no_train:
         pop = args.population or (25 if cuda else 5)
@@ -400,8 +440,179 @@ def main(argv=None) -> int:
     if args.out:
         Path(args.out).write_text(text)
     if not args.no_mlflow:
-        log_to_mlflow(args.tracking_uri, text, rows, train_rows, device)
+        log_to_mlflow(args.tracking_uri, text, rows, train_rows, device, compare_rows)
     return 0
+
+
+# ----------------------------------------------------------------------------- kernel comparison
+
+
+def _vm_hwm() -> int | None:
+    """Peak resident set size (VmHWM) of this process in bytes, or None (not Linux)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _reset_hwm() -> bool:
+    """Reset the peak RSS to the current RSS (Linux /proc/self/clear_refs); False where unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _population_inputs(size: str, batch: int, P: int, device: str):
+    """P pairs of make_inputs (seeds 0..P-1: each pair its own rule and inputs), stacked."""
+    cases = [make_inputs(size, batch, device, seed=p) for p in range(P)]
+    forms = [c[0] for c in cases]
+
+    def stack(k, grad=True):
+        if cases[0][k] is None:
+            return None
+        return torch.stack([c[k].detach() for c in cases]).requires_grad_(grad)
+
+    pre, w, post = stack(1), stack(2), stack(3)
+    grad, up = stack(4, False), stack(5, False)
+    return forms, pre, w, post, grad, up
+
+
+def _compare_fn(impl: str, P: int):
+    """(pre, w, post, grad, forms) -> (P, O, I) deltas, P > 1 through the population entry."""
+    if impl == "naive":
+        return lambda pre, w, post, grad, forms: torch.stack([
+            elementwise.dense_delta(f.pointwise, pre[p], w[p], post[p], None if grad is None else grad[p])
+            for p, f in enumerate(forms)])
+    if impl == "fused-compile":
+        return lambda pre, w, post, grad, forms: torch.stack([
+            fused.delta(pre[p], w[p], post[p], None if grad is None else grad[p], f, 256 * 2**20, compiled=True)
+            for p, f in enumerate(forms)])
+    if P == 1:
+        return lambda pre, w, post, grad, forms: mlp_delta(pre[0], w[0], post[0], None if grad is None else grad[0],
+                                                           forms[0], backend=impl)[None]
+    return lambda pre, w, post, grad, forms: mlp_population_delta(pre, w, post, grad, forms, backend=impl)
+
+
+def compare(device: str, sizes: list[str], pops: list[int], impls: list[str], repeats: int, warmup: int,
+            batch: int | None, cpu_scale: float, compile_timeout: float | None) -> list[dict]:
+    """Round-robin timing of `impls` in this process at every (layer, P); see the module docstring."""
+    cuda = device.startswith("cuda")
+    rows = []
+    for size in sizes:
+        cfg = SIZES[size]
+        full_b = batch or cfg["B"]
+        for P in pops:
+            runs = {}
+            for impl in impls:
+                note = ""
+                if impl == "cpu" and (cuda or not numba_available()):
+                    note = "CPU only" if cuda else "numba unavailable"
+                elif impl == "naive" and P > 1:
+                    note = "P = 1 only (memory)"
+                if note:
+                    rows.append(dict(size=size, P=P, impl=impl, status="skipped", note=note))
+                    continue
+                b = max(1, round(full_b * cpu_scale)) if (impl == "naive" and not cuda and cpu_scale != 1) else full_b
+                forms, pre, w, post, grad, up = _population_inputs(size, b, P, device)
+                leaves = [pre, w, post] + [t for f in forms for t in (f.w1, f.b1, f.w2, f.b2)]
+                runs[impl] = dict(fn=_compare_fn(impl, P), args=(pre, w, post, grad, forms), up=up, leaves=leaves,
+                                  batch=b, times=[], cpu=[], peak=[], first_s=None)
+            for impl, r in list(runs.items()):
+                try:
+                    for k in range(max(1, warmup)):
+                        t0 = time.perf_counter()
+                        out = _compare_step(r, cuda)
+                        if k == 0:
+                            r["first_s"] = time.perf_counter() - t0
+                    if impl == "fused-compile" and compile_timeout and r["first_s"] > compile_timeout:
+                        raise RuntimeError(f"compile took {r['first_s']:.0f} s > {compile_timeout:.0f} s")
+                    if r["batch"] == full_b:
+                        r["result"] = [out.detach()] + [t.grad.detach().clone() for t in r["leaves"]]
+                except Exception as e:  # noqa: BLE001 - reported in the table
+                    rows.append(dict(size=size, P=P, impl=impl, status="skipped",
+                                     note=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:160]))
+                    del runs[impl]
+            for _ in range(repeats):
+                for r in runs.values():
+                    base = _rss_now() if not cuda else 0
+                    reset = not cuda and _reset_hwm()
+                    if cuda:
+                        torch.cuda.reset_peak_memory_stats()
+                    t0, c0 = time.perf_counter(), _cpu_s()
+                    _compare_step(r, cuda)
+                    r["times"].append(time.perf_counter() - t0)
+                    r["cpu"].append(_cpu_s() - c0)
+                    if cuda:
+                        r["peak"].append(torch.cuda.max_memory_allocated())
+                    elif reset and _vm_hwm() is not None:
+                        hwm = _vm_hwm()
+                        r["peak"].append((hwm, max(0, hwm - base)))
+            ref = runs.get("fused", {}).get("result")
+            for impl, r in runs.items():
+                scale = full_b / r["batch"]
+                row = dict(size=size, P=P, impl=impl, status="ok", batch=r["batch"], full_batch=full_b,
+                           ms=statistics.median(r["times"]) * 1e3 * scale, best_ms=min(r["times"]) * 1e3 * scale,
+                           cpu_ms=statistics.median(r["cpu"]) * 1e3 * scale, first_s=r["first_s"],
+                           peak_bytes=max(r["peak"]) if r["peak"] else None, times=r["times"])
+                if r["peak"] and isinstance(r["peak"][0], tuple):
+                    row["peak_bytes"] = max(pk[0] for pk in r["peak"])
+                    row["above_bytes"] = max(pk[1] for pk in r["peak"])
+                if ref is not None and "result" in r and impl != "fused":
+                    row["max_rel_diff"] = max(((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(
+                        1e-30)).item() for a, b in zip(r["result"], ref))
+                rows.append(row)
+            if cuda:
+                torch.cuda.empty_cache()
+    return rows
+
+
+def _cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _compare_step(r: dict, cuda: bool):
+    for t in r["leaves"]:
+        t.grad = None
+    out = r["fn"](*r["args"])
+    out.backward(r["up"])
+    if cuda:
+        torch.cuda.synchronize()
+    return out
+
+
+def compare_table(rows: list[dict], device: str, repeats: int) -> str:
+    mem = "peak mem (CUDA allocated)" if device.startswith("cuda") else "peak RSS in the step (above its start)"
+    out = [f"Kernel comparison, one process, round robin, median of {repeats} (forward + backward of the delta, "
+           "float32; P > 1 through the population entry):", "",
+           f"| layer | P | impl | B timed | ms/step (median) | best ms | CPU-time ms/step | {mem} | vs fused | vs naive "
+           "| max rel diff vs fused | note |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    by = {(r["size"], r["P"], r["impl"]): r for r in rows if r.get("status") == "ok"}
+    for r in rows:
+        if r.get("status") != "ok":
+            out.append(f"| {r['size']} | {r['P']} | {r['impl']} | - | - | - | - | - | - | - | - | {r['note']} |")
+            continue
+        fz = by.get((r["size"], r["P"], "fused"))
+        nv = by.get((r["size"], 1, "naive"))
+        vs_f = f"{fz['ms'] / r['ms']:.1f}x" if fz else "n/a"
+        vs_n = f"{nv['ms'] * r['P'] / r['ms']:.1f}x" if nv else "n/a"  # naive per pair, times P
+        b_col = str(r["batch"]) + (f" (scaled x{r['full_batch'] / r['batch']:.3g})" if r["batch"] != r["full_batch"] else "")
+        peak = _fmt_bytes(r["peak_bytes"]) if r.get("peak_bytes") is not None else "n/a"
+        if r.get("above_bytes") is not None:
+            peak += f" ({_fmt_bytes(r['above_bytes'])})"
+        diff = f"{r['max_rel_diff']:.1e}" if "max_rel_diff" in r else "-"
+        note = f"first step {r['first_s']:.1f} s" if r.get("first_s") is not None else ""
+        out.append(f"| {r['size']} | {r['P']} | {r['impl']} | {b_col} | {r['ms']:.1f} | {r['best_ms']:.1f} "
+                   f"| {r['cpu_ms']:.1f} | {peak} | {vs_f} | {vs_n} | {diff} | {note} |")
+    return "\n".join(out)
 
 
 PAPER_STEPS_PER_EPOCH = (59_946 - 5_000) // 50  # training examples after the validation split, batch 50
@@ -421,12 +632,11 @@ def training_time(device: str, steps: int, population: int, sizes: dict | None =
     Each row trains 1 step (warm-up), then 1 and `steps` + 1 steps; the difference of the last two is
     `steps` steps without the per-run setup and evaluation. Synthetic data of
     Fashion-MNIST's shape; through `hat.trainer.train` (P = 1) or
-    `hat.population.train_population` (P > 1).
+    `hat.trainer.train_population` (P > 1).
     """
     from hat.config import preset
     from hat.data import Data
-    from hat.population import train_population
-    from hat.trainer import train
+    from hat.trainer import train, train_population
 
     g = torch.Generator().manual_seed(0)
     n = 50 * (steps + 2)
@@ -483,7 +693,8 @@ def overhead_table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
-def log_to_mlflow(uri, text: str, rows: list[dict], train_rows: list[dict], device: str) -> None:
+def log_to_mlflow(uri, text: str, rows: list[dict], train_rows: list[dict], device: str,
+                  compare_rows: list[dict] | None = None) -> None:
     import tempfile
 
     from hat.tracking import Tracker
@@ -493,6 +704,8 @@ def log_to_mlflow(uri, text: str, rows: list[dict], train_rows: list[dict], devi
     metrics = {f"ms_{r['size']}_{r['impl']}": r["ms"] for r in rows if r.get("status") == "ok"}
     metrics.update({f"s_epoch_{r['arm']}_P{r['P']}": r["s_epoch"] for r in train_rows})
     metrics.update({f"protocol_h_{r['arm']}_P{r['P']}": r["protocol_h"] for r in train_rows})
+    metrics.update({f"cmp_ms_{r['size']}_P{r['P']}_{r['impl']}": r["ms"] for r in compare_rows or []
+                    if r.get("status") == "ok"})
     run.log_metrics(metrics, 0)
     path = Path(tempfile.mkdtemp()) / "throughput.md"
     path.write_text(text)

@@ -13,7 +13,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from hat.config import TrainConfig
-from studies.workqueue import POLL_S, Heartbeat, claim_trial, states
+from studies.workqueue import (
+    POLL_S,
+    Heartbeat,
+    _mark_claimed,
+    fault_point,
+    lock_is_global,
+    reclaim_dead,
+    states,
+    storage_lock,
+    unit_scope,
+)
 
 TUNING_SEED_BASE = 10_000  # tuning seeds: 10000, 10001, ... (never a final seed)
 
@@ -59,14 +69,81 @@ RULE_LR_SPACE = {"rule_lr": Param("float", 1e-5, 1e-1, log=True)}  # arms with a
 
 
 
+def start_params(ctx, arm, space: dict, warm: dict | None) -> list[dict]:
+    """The fixed trials of an arm, in slot order: the preset's values, then (with `warm`, the control's tuned
+    params) the preset with the control's shared hyperparameters, unless that equals the first."""
+    start = {k: _preset_value(arm.config(ctx.base), k) for k in space}
+    start = {k: v for k, v in start.items() if v is not None}
+    out = [start]
+    if warm and ctx.scale.trials > 1:
+        shared = {k: v for k, v in warm.items() if k in SHARED_SPACE}
+        second = {**{k: v for k, v in start.items() if k not in SHARED_SPACE}, **shared}
+        if second != start:
+            out.append(second)
+    return out
+
+
+def slot_sampler(scale, slot: int):
+    """The sampler for trial slot `slot`: seeded from (sampler seed, slot), so the suggestion for a slot depends
+    only on the seed, the slot and the finished (complete or pruned) trials; constant_liar off, so running or
+    killed trials do not count."""
+    import optuna
+
+    seed = int(np.random.SeedSequence([scale.sampler_seed, slot]).generate_state(1)[0])
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, scale.trials // 3), constant_liar=False)
+
+
+def _slot(t):
+    return t.user_attrs.get("slot")
+
+
+def _held_slots(trials, n: int) -> dict[int, object]:
+    """{slot: trial} for the slots below n held by a complete, pruned or running trial (the first such trial)."""
+    TS = states()
+    held = {}
+    for t in sorted(trials, key=lambda t: t.number):
+        s = _slot(t)
+        if isinstance(s, int) and 0 <= s < n and s not in held and t.state in (TS.COMPLETE, TS.PRUNED, TS.RUNNING):
+            held[s] = t
+    return held
+
+
+def _claim_slot(study, storage, n: int, starts: list[dict]):
+    """Under the store lock (a file lock for SQLite, an advisory lock on PostgreSQL): reclaim dead trials, then claim the lowest free slot below n as a new trial
+    (start params fixed for the start slots); (trial, slot) or (None, None) when no slot is free."""
+    TS = states()
+    with warnings.catch_warnings(), storage_lock(storage):
+        warnings.simplefilter("ignore")  # heartbeat outside Study.optimize is what we want here
+        reclaim_dead(study, storage, locked=lock_is_global(storage))
+        while True:
+            trials = study.get_trials(deepcopy=False)
+            held = _held_slots(trials, n)
+            free = [s for s in range(n) if s not in held]
+            waiting = any(t.state == TS.WAITING for t in trials)
+            if not free:
+                return None, None
+            if not waiting:  # a waiting trial is a leftover of a killed claim, or another server worker's
+                s = free[0]
+                study.enqueue_trial(starts[s] if s < len(starts) else {}, user_attrs={"slot": s})
+            trial = study.ask()
+            _mark_claimed(storage, trial)
+            s = _slot(trial)
+            if not isinstance(s, int) or s not in free:
+                study.tell(trial, state=TS.FAIL)  # a stale or duplicate claim: discarded, never counted
+                continue
+            return trial, s
+
+
 def tune_arm(ctx, arm, warm: dict | None = None) -> dict:
     """Tune one arm; returns {"params": best params, "value": best mean val acc, "trials": n}.
 
-    Trial 0 is the preset's values; with `warm` (the control's tuned params), trial 1 is the preset
-    with the control's tuned shared hyperparameters, so a rule arm always tries the learner settings
-    that work best without a rule. Every worker contributes trials until the arm has `scale.trials` finished
-    (complete or pruned) ones; the best is chosen among the first `trials` of
-    them, so budgets stay equal even when workers overshoot.
+    Trial slot 0 is the preset's values; with `warm` (the control's tuned params), slot 1 is the preset with
+    the control's tuned shared hyperparameters, so a rule arm always tries the learner settings that work best
+    without a rule. The arm gets exactly `scale.trials` finished (complete or pruned) trials, slots 0..n-1; a
+    trial killed with its worker does not count: its slot is claimed again (with the same fixed params, or
+    the same sampler seed). The suggestion for slot s comes from a sampler seeded from (sampler seed, s) over
+    the finished trials only, so a study resumed after a kill asks exactly what an uninterrupted one would
+    (one worker; with several, the history a slot sees depends on timing).
     """
     import optuna
 
@@ -75,22 +152,12 @@ def tune_arm(ctx, arm, warm: dict | None = None) -> dict:
     n = ctx.scale.trials
     if n == 0:
         return {"params": {}, "value": None, "trials": 0, "note": "tuning skipped (--trials 0): preset values"}
+    name = f"{ctx.name}:tune:{arm.name}"
     study = optuna.create_study(
-        study_name=f"{ctx.name}:tune:{arm.name}", storage=ctx.storage, load_if_exists=True, direction="maximize",
-        sampler=optuna.samplers.TPESampler(seed=ctx.scale.sampler_seed, n_startup_trials=max(2, n // 3)),
+        study_name=name, storage=ctx.storage, load_if_exists=True, direction="maximize",
+        sampler=slot_sampler(ctx.scale, 0),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1))
-
-    if not study.get_trials(deepcopy=False):
-        start = {k: _preset_value(arm.config(ctx.base), k) for k in space}
-        start = {k: v for k, v in start.items() if v is not None}
-        study.enqueue_trial(start, skip_if_exists=True)
-        if warm and n > 1:
-            shared = {k: v for k, v in warm.items() if k in SHARED_SPACE}
-            study.enqueue_trial({**{k: v for k, v in start.items() if k not in SHARED_SPACE}, **shared},
-                                skip_if_exists=True)
-
-    def finished():
-        return [t for t in study.get_trials(deepcopy=False) if t.state in (TS.COMPLETE, TS.PRUNED)]
+    starts = start_params(ctx, arm, space, warm)
 
     def objective(trial):
         params = suggest_params(trial, space)
@@ -108,40 +175,42 @@ def tune_arm(ctx, arm, warm: dict | None = None) -> dict:
                 if trial.should_prune():
                     raise optuna.TrialPruned()
 
-            res = ctx.train(cfg.replace(seed=seed), {"arm": arm.name, "rule": cfg.rule, "seed": seed, "phase": "tune",
+            res = ctx.train(cfg.replace(seed=seed), {**arm.tags, "arm": arm.name, "rule": cfg.rule, "seed": seed, "phase": "tune",
                                                     "trial": trial.number, "hypothesis": arm.hypothesis},
-                            f"tune {arm.name} t{trial.number} s{seed}", callback=report)
+                            f"tune {arm.name} t{trial.number} s{seed}", callback=report,
+                            evaluate_test=False)  # tuning never reads the test set
             if not res.ok:
                 trial.set_user_attr("diverged", res.reason)
                 return 0.0  # a diverged configuration scores zero accuracy
             accs.append(res.val_acc)
         return float(np.mean(accs))
 
-    while len(finished()) < n:
-        if hasattr(ctx.storage, "record_heartbeat"):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                optuna.storages.fail_stale_trials(study)
-        running = sum(t.state == TS.RUNNING for t in study.get_trials(deepcopy=False))
-        if len(finished()) + running >= n:
+    while True:
+        trial, slot = _claim_slot(study, ctx.storage, n, starts)
+        if trial is None:
+            held = _held_slots(study.get_trials(deepcopy=False), n)
+            if all(t.state in (TS.COMPLETE, TS.PRUNED) for t in held.values()):
+                break
             time.sleep(POLL_S)  # the last trials are running in other workers
             continue
-        trial = claim_trial(study, ctx.storage)
+        study.sampler = slot_sampler(ctx.scale, slot)  # sampling is lazy: the first suggest uses this one
+        fault_point("claim", "tune")
         try:
-            with Heartbeat(ctx.storage, trial._trial_id):
+            with Heartbeat(ctx.storage, trial._trial_id), unit_scope(ctx.storage, name, trial, "tune"):
                 value = objective(trial)
         except optuna.TrialPruned:
             study.tell(trial, state=TS.PRUNED)
             continue
         except BaseException:
-            study.tell(trial, state=TS.FAIL)  # not counted: another trial takes its place
+            study.tell(trial, state=TS.FAIL)  # not counted: its slot is claimed again
             raise
+        fault_point("unit", "tune")
         study.tell(trial, value)
-    first = sorted(finished(), key=lambda t: t.number)[:n]
-    complete = [t for t in first if t.state == TS.COMPLETE and t.value is not None]
+    held = _held_slots(study.get_trials(deepcopy=False), n)
+    complete = [held[s] for s in range(n) if held[s].state == TS.COMPLETE and held[s].value is not None]
     if not complete:
         return {"params": {}, "value": None, "trials": n, "note": "every trial was pruned: preset values"}
-    best = max(complete, key=lambda t: t.value)
+    best = max(complete, key=lambda t: t.value)  # ties: the lowest slot
     return {"params": best.params, "value": best.value, "trials": n, "trial": best.number}
 
 

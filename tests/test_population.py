@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from hat.config import TrainConfig
-from hat.population import train_population
-from hat.trainer import train
+from hat.trainer import train, train_population
 
 SEEDS = [0, 1, 2]
 
@@ -43,10 +42,12 @@ def _close(single, batched, loss_rtol=1e-4, acc_atol=1.01):
     dict(rule="mlp", rate=1e-2, per_sample=True, optimizer="sgd", lr=0.1),
     dict(rule="oja", rate=1e-2, label_fraction=0.3, label_mode="batch"),
     dict(rule="converged", rate=1e-3, label_fraction=0.1),
+    # gradient clipping per pair (each pair's norm over its own learner and rule parameters)
+    dict(rule="mlp", rate=1e-2, rule_lr=1e-2, grad_clip=0.05),
     # pairs skip steps at different times (unlabeled batches) while sharing one Adam; M reads |grad|
     dict(rule="mlp", rate=1e-2, rule_lr=1e-2, label_fraction=0.5, label_mode="batch",
          mlp={"inputs": ["pre", "w", "post", "grad"], "hidden": 3, "act": "tanh"}),
-], ids=["control", "hebb", "mlp", "mlp-per-sample", "oja-batch-labels", "converged-subset-labels",
+], ids=["control", "hebb", "mlp", "mlp-per-sample", "oja-batch-labels", "converged-subset-labels", "mlp-grad-clip",
         "mlp-grad-batch-labels"])
 def test_population_equals_single_runs(toy_data, overrides):
     cfg = _cfg(**overrides)
@@ -88,7 +89,7 @@ sys.path.insert(0, sys.argv[1])
 import conftest
 from hat.config import TrainConfig
 from hat.kernels import triton_mlp
-from hat.population import train_population
+from hat.trainer import train_population
 from hat.trainer import train
 
 calls = []

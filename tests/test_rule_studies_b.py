@@ -221,7 +221,8 @@ def test_fit_linear_and_h2_rule():
     assert f["c"] == pytest.approx(np.sum(vj * y) / np.sum(vj * vj))  # through the origin
     assert f["c_intercept"] == pytest.approx(1.5) and f["intercept"] == pytest.approx(0.3)
     assert f["r2_intercept"] == pytest.approx(1.0) and f["r2"] < 1.0
-    assert h2_verdict("supported", "inconclusive", "supported") == "supported"
+    assert h2_verdict("supported", "inconclusive", "supported") == "inconclusive"  # no evidence the mean does not help
+    assert h2_verdict("supported", "negligible", "supported") == "supported"
     assert h2_verdict("supported", "refuted", "supported") == "supported"
     assert h2_verdict("supported", "supported", "supported") == "refuted"  # the mean helps too
     assert h2_verdict("refuted", "inconclusive", "inconclusive") == "refuted"

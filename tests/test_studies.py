@@ -267,7 +267,8 @@ def test_tune_arm_warm_starts_from_the_control(tmp_path):
     seen = []
 
     class StubContext(common.Context):
-        def train(self, cfg, tags, run_name, callback=None, observer=None):
+        def train(self, cfg, tags, run_name, callback=None, observer=None, evaluate_test=True):
+            assert not evaluate_test, "tuning runs must not read the test set"
             seen.append((cfg.optimizer, cfg.lr, cfg.rate))
             return RunResult(status="ok", val_acc=50.0 + 100 * cfg.rate, test_acc=0.0)
 
@@ -300,3 +301,54 @@ def test_unit_finished_after_its_trial_was_reclaimed_is_kept(tmp_path):
     out = workqueue.run_units(storage, name, {"a": {"x": 21}}, fn)
     assert out == {"a": {"value": 42}}
     assert set(_unit_trials(f"sqlite:///{tmp_path}/optuna.db", name)) == {"a"}
+
+
+def test_tuning_resume_is_exact(tmp_path):
+    """A tuning trial that dies does not count, and its slot is redone with what an uninterrupted run asks: the
+    fixed start params, or the suggestion of the slot's own sampler seed over the finished trials only. A trial
+    left RUNNING by a dead worker of this machine is reclaimed at once (no heartbeat wait)."""
+    import optuna
+
+    from hat.config import TrainConfig
+    from hat.trainer import RunResult
+    from studies import common, tuning, workqueue
+
+    class Died(Exception):
+        pass
+
+    def context(folder, die_at=None):
+        calls = []
+
+        class StubContext(common.Context):
+            def train(self, cfg, tags, run_name, callback=None, observer=None, evaluate_test=True):
+                calls.append(cfg)
+                if len(calls) == die_at:
+                    raise Died()
+                return RunResult(status="ok", val_acc=50.0 + 1000 * cfg.rate + cfg.lr, test_acc=0.0)
+
+        storage = workqueue.open_storage(f"sqlite:///{folder}/optuna.db")
+        return StubContext("t", "exact", common.Scale(trials=6, tuning_seeds=1), TrainConfig(), storage, None, None,
+                           folder, None, False)
+
+    def slots(folder):
+        study = optuna.load_study(study_name="exact:tune:hebb", storage=f"sqlite:///{folder}/optuna.db")
+        return sorted((t.user_attrs["slot"], t.params, t.value) for t in study.trials if t.state.name == "COMPLETE")
+
+    arm, warm = common.rule_arm("hebb", "hebb"), {"optimizer": "sgd", "lr_sgd": 0.05}
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    straight = tuning.tune_arm(context(tmp_path / "a"), arm, warm)
+    with pytest.raises(Died):
+        tuning.tune_arm(context(tmp_path / "b", die_at=4), arm, warm)  # dies in slot 3 (a TPE slot)
+    # a worker of this machine that died holding slot 4 (its process no longer exists)
+    study = optuna.load_study(study_name="exact:tune:hebb", storage=f"sqlite:///{tmp_path}/b/optuna.db")
+    study.enqueue_trial({"optimizer": "adam"}, user_attrs={"slot": 4})
+    dead = study.ask()
+    dead.set_user_attr("worker", f"{workqueue._HOST}:999999999:1")
+    start = time.time()
+    resumed = tuning.tune_arm(context(tmp_path / "b"), arm, warm)
+    assert time.time() - start < workqueue.GRACE_S
+    assert resumed["params"] == straight["params"] and resumed["value"] == straight["value"]
+    assert slots(tmp_path / "b") == slots(tmp_path / "a") and [s for s, *_ in slots(tmp_path / "a")] == list(range(6))
+    states = [t.state.name for t in optuna.load_study(study_name="exact:tune:hebb",
+                                                      storage=f"sqlite:///{tmp_path}/b/optuna.db").trials]
+    assert states.count("FAIL") == 2 and states.count("COMPLETE") == 6

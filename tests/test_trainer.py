@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import types
 
 import pytest
 import torch
@@ -14,7 +13,7 @@ from torch import nn
 
 import rules
 from hat import data as hat_data
-from hat import trainer
+from hat import population, trainer
 from hat.config import TrainConfig, preset
 from hat.trainer import Learner, accuracy, hat_forward, train
 
@@ -66,27 +65,35 @@ def capture_rules(monkeypatch) -> list:
 
 
 def record_batches(monkeypatch) -> list:
-    """Record the input batch of every training forward pass."""
+    """Record the input batch of every training forward pass (single runs: the one pair's batch)."""
     seen = []
-    orig = trainer.hat_forward
+    orig = population.forward
 
-    def wrapped(learner, rule, x, cfg, grads):
-        seen.append(x.detach().clone())
-        return orig(learner, rule, x, cfg, grads)
+    def wrapped(learners, rules_, x, cfg, grads, layers=None):
+        assert x.shape[0] == 1, "single runs are populations of one"
+        seen.append(x[0].detach().clone())
+        return orig(learners, rules_, x, cfg, grads, layers)
 
-    monkeypatch.setattr(trainer, "hat_forward", wrapped)
+    monkeypatch.setattr(population, "forward", wrapped)
     return seen
 
 
 def record_losses(monkeypatch) -> list:
-    """Record (logits rows, targets) of every cross-entropy the trainer computes."""
+    """Record (labeled rows, their targets) of every loss the trainer computes from a batch with labels,
+    and check that loss against a plain cross-entropy over exactly those rows."""
     calls = []
+    orig = trainer.labeled_losses
 
-    def ce(logits, target, *a, **k):
-        calls.append((logits.shape[0], target.detach().clone()))
-        return torch_F.cross_entropy(logits, target, *a, **k)
+    def recorded(logits, y, mask):
+        out = orig(logits, y, mask)
+        for p in range(logits.shape[0]):
+            if mask[p].any():
+                want = torch_F.cross_entropy(logits[p][mask[p]], y[p][mask[p]])
+                torch.testing.assert_close(out[p], want, rtol=1e-6, atol=1e-7)
+                calls.append((int(mask[p].sum()), y[p][mask[p]].detach().clone()))
+        return out
 
-    monkeypatch.setattr(trainer, "F", types.SimpleNamespace(cross_entropy=ce))
+    monkeypatch.setattr(trainer, "labeled_losses", recorded)
     return calls
 
 
@@ -275,7 +282,7 @@ def test_control_and_logit_relu_forward():
     manual = torch.sigmoid(x @ learner.weights[0].T + learner.biases[0]) @ learner.weights[1].T + learner.biases[1]
     torch.testing.assert_close(logits, manual, rtol=1e-14, atol=0)
     torch.testing.assert_close(learner(x), manual, rtol=1e-14, atol=0)
-    assert all(a is b for a, b in zip(new_ws, learner.weights))
+    assert all(torch.equal(a, b) and a.data_ptr() == b.data_ptr() for a, b in zip(new_ws, learner.weights))  # views
     relu_logits, _ = hat_forward(learner, None, x, cfg.replace(logit_relu=True), grads)
     torch.testing.assert_close(relu_logits, manual.clamp_min(0), rtol=1e-14, atol=0)
 
@@ -292,14 +299,14 @@ def test_accuracy_matches_naive_count():
 def test_grad_input_is_previous_gradient_magnitude(toy_data, monkeypatch):
     """Rules reading `grad` get |dL/dW| of the previous step (zeros at the first), for every layer."""
     seen = []
-    orig = trainer.hat_forward
+    orig = population.forward
 
-    def wrapped(learner, rule, x, cfg, grads):
-        prev = [None if w.grad is None else w.grad.detach().abs().clone() for w in learner.weights]
-        seen.append(([g.clone() for g in grads], prev))
-        return orig(learner, rule, x, cfg, grads)
+    def wrapped(learners, rules_, x, cfg, grads, layers=None):
+        prev = [None if w.grad is None else w.grad.detach().abs().clone() for w in learners[0].weights]
+        seen.append(([g[0].clone() for g in grads], prev))
+        return orig(learners, rules_, x, cfg, grads, layers)
 
-    monkeypatch.setattr(trainer, "hat_forward", wrapped)
+    monkeypatch.setattr(population, "forward", wrapped)
     mlp = {"inputs": ["pre", "w", "post", "grad"], "hidden": 3, "act": "tanh"}
     res = train(toy_cfg(rule="mlp", mlp=mlp, rate=0.05, epochs=0.25), data=toy_data, progress=False)
     assert res.ok and len(seen) == 5
@@ -587,9 +594,102 @@ def test_batch_mode_labels_whole_batches(toy_data, monkeypatch):
 
 
 def test_label_mode_and_width_validation(toy_data):
-    with pytest.raises(ValueError, match="label_mode"):
+    from hat.config import ConfigError
+
+    with pytest.raises(ConfigError, match="--label-mode bogus"):
         train(toy_cfg(label_mode="bogus"), data=toy_data, progress=False)
-    with pytest.raises(ValueError, match="widths"):
+    with pytest.raises(ConfigError, match="--widths 5 8 10: the first size must be the input size 6"):
         train(toy_cfg(widths=(5, 8, 10)), data=toy_data, progress=False)
-    with pytest.raises(ValueError, match="batch size"):
+    with pytest.raises(ConfigError, match="--batch-size 1000"):
         train(toy_cfg(batch_size=1000), data=toy_data, progress=False)
+    with pytest.raises(ConfigError, match="--output-rule-act sigma"):
+        train(toy_cfg(output_rule_act="sigma"), data=toy_data, progress=False)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 13. one training loop: test set only when asked, finished runs never KILLED
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_evaluate_test_false_never_reads_the_test_set(toy_data, monkeypatch):
+    seen = []
+    orig = population.accuracies
+
+    def recorded(learners, x, y, batch=5000):
+        seen.append(x.data_ptr())
+        return orig(learners, x, y, batch)
+
+    monkeypatch.setattr(population, "accuracies", recorded)
+    res = train(toy_cfg(rule="hebb", rate=0.01), data=toy_data, progress=False, evaluate_test=False)
+    assert res.ok and len(res.curve) == 3
+    assert toy_data.x_test.data_ptr() not in seen and toy_data.x_val.data_ptr() in seen
+    assert all(math.isnan(e["test_acc"]) for e in res.curve) and math.isnan(res.test_acc)
+    with_test = train(toy_cfg(rule="hebb", rate=0.01), data=toy_data, progress=False)
+    assert toy_data.x_test.data_ptr() in seen and math.isfinite(with_test.test_acc)
+    assert [e["val_acc"] for e in with_test.curve] == [e["val_acc"] for e in res.curve]
+
+
+def test_finished_run_is_never_recorded_killed(toy_data, tmp_path, tmp_tracking_uri):
+    """The curve plot cannot be written (out_dir is a file): the run still ends FINISHED, with a warning."""
+    from mlflow.tracking import MlflowClient
+
+    from hat.tracking import Tracker
+
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("x")
+    tracker = Tracker(tmp_tracking_uri)
+    with pytest.warns(RuntimeWarning, match="curve plot"):
+        res = train(toy_cfg(rule="hebb", rate=0.01), data=toy_data, progress=False, tracker=tracker,
+                    out_dir=blocker, plot=True)
+    assert res.ok
+    run = MlflowClient(tmp_tracking_uri).get_run(res.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["status"] == "ok"
+    assert run.data.metrics["final_val_acc"] == pytest.approx(res.val_acc)
+
+
+def test_interrupted_run_is_recorded_killed(toy_data, tmp_tracking_uri):
+    from mlflow.tracking import MlflowClient
+
+    from hat.tracking import Tracker
+
+    def stop(ev):
+        if ev["step"] > 0:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(toy_cfg(rule="hebb", rate=0.01), data=toy_data, progress=False, tracker=Tracker(tmp_tracking_uri),
+              run_name="stopped", callback=stop)
+    client = MlflowClient(tmp_tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("hat").experiment_id],
+                                filter_string="tags.mlflow.runName = 'stopped'")
+    assert run.info.status == "KILLED" and run.data.tags["status"] == "interrupted"
+
+
+class _RecordPost(rules.Rule):
+    """A rule that records the v_j it is given per call and returns no update."""
+
+    name = "record-post"
+
+    def __init__(self):
+        super().__init__()
+        self.posts = []
+
+    def delta(self, pre, w, post, grad=None):
+        self.posts.append(post.detach().clone())
+        return torch.zeros_like(w)
+
+
+@pytest.mark.parametrize("mode", ["identity", "hidden"])
+def test_output_rule_act_sets_what_the_rule_sees_at_the_output_layer(mode):
+    """identity: M sees the raw logits at the last layer; hidden: sigma(logits) (Algorithm 1); logits stay linear."""
+    g = torch.Generator().manual_seed(3)
+    learner = Learner((6, 5, 10), "sigmoid", g).double()
+    x = torch.rand(4, 6, generator=g, dtype=F64)
+    rule = _RecordPost()
+    cfg = TrainConfig(widths=(6, 5, 10), rate=0.1, output_rule_act=mode)
+    logits, _ = hat_forward(learner, rule, x, cfg, [None, None])
+    h = torch.sigmoid(x @ learner.weights[0].T + learner.biases[0])
+    z = h @ learner.weights[1].T + learner.biases[1]
+    torch.testing.assert_close(rule.posts[0], h, rtol=1e-14, atol=0)  # hidden layer: always sigma
+    torch.testing.assert_close(rule.posts[1], torch.sigmoid(z) if mode == "hidden" else z, rtol=1e-14, atol=0)
+    torch.testing.assert_close(logits, z, rtol=1e-14, atol=0)  # zero update: the logits are the linear output

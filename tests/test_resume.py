@@ -1,0 +1,137 @@
+"""Resume is exact: a study killed hard (os._exit, like kill -9) at several points and rerun gives the same
+results.csv and verdicts as an uninterrupted run, and leaves no MLflow run RUNNING.
+
+The kills come from the fault-injection hook of `studies.workqueue` (HAT_FAULT_AFTER / HAT_FAULT_AT /
+HAT_FAULT_PHASE). One chain of reruns hits, in order: phase 1 mid-training; the control's start trial
+mid-training; the control's first TPE trial mid-training (its sampled params are in a dead trial); a rule
+arm's warm-start trial right after its claim; a replicate whose training finished but whose result was not
+stored. Each rerun resumes what the previous one left.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("HAT_DATA", REPO.parent / "shared" / "data"))
+pytestmark = pytest.mark.skipif(not (DATA / "FashionMNIST" / "raw").is_dir(), reason="Fashion-MNIST not available")
+
+SIZE = ["--preset", "smoke", "--trials", "3", "--seeds", "2", "--hat-runs", "1"]
+# smoke runs evaluate 3 times (steps 0, 10, 20); tuning trials of slots 0 and 1 are never pruned (2 startup trials)
+KILLS = [
+    ("phase 1, mid-training", {"HAT_FAULT_PHASE": "phase1", "HAT_FAULT_AT": "eval", "HAT_FAULT_AFTER": "2"}),
+    ("the control's start trial (slot 0), mid-training", {"HAT_FAULT_PHASE": "tune", "HAT_FAULT_AFTER": "2"}),
+    ("the control's first TPE trial (slot 2), mid-training",  # slot 0 redone (3 evals), slot 1 (3), slot 2's 2nd
+     {"HAT_FAULT_PHASE": "tune", "HAT_FAULT_AFTER": "8"}),
+    ("converged's warm-start trial (slot 1), right after its claim",  # control slot 2, converged slots 0, 1
+     {"HAT_FAULT_PHASE": "tune", "HAT_FAULT_AT": "claim", "HAT_FAULT_AFTER": "3"}),
+    ("a replicate trained but not recorded", {"HAT_FAULT_PHASE": "replicate", "HAT_FAULT_AT": "unit",
+                                              "HAT_FAULT_AFTER": "3"}),
+]
+MID_TRAINING_KILLS = 3  # the kills above that leave an MLflow run RUNNING, to be closed as KILLED
+VOLATILE = ("seconds", "mlflow_run_id")  # wall-clock time and run ids differ between any two runs
+
+
+def _study(folder: Path, extra_env: dict | None = None) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "studies.fixed_rule", *SIZE, "--storage", f"sqlite:///{folder}/optuna.db",
+           "--tracking-uri", f"sqlite:///{folder}/mlflow.db", "--out", str(folder / "out"), "--no-progress"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HAT_FAULT")}
+    # one thread per process: tiny models gain nothing from more, and oversubscribed CI cores lose a lot
+    env.update({"HAT_DATA": str(DATA), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **(extra_env or {})})
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
+
+
+def _results(folder: Path) -> list[dict]:
+    with open(folder / "out" / "results.csv") as f:
+        return [{k: v for k, v in row.items() if k not in VOLATILE} for row in csv.DictReader(f)]
+
+
+def _verdicts(folder: Path) -> list[str]:
+    return [ln for ln in (folder / "out" / "report.md").read_text().splitlines() if "VERDICT" in ln]
+
+
+def _slots(folder: Path) -> dict[str, list]:
+    """Per arm: (slot, state, params, value) of the trials that count, in slot order."""
+    import optuna
+
+    storage = f"sqlite:///{folder}/optuna.db"
+    out = {}
+    for s in optuna.get_all_study_names(storage):
+        if ":tune:" not in s:
+            continue
+        trials = optuna.load_study(study_name=s, storage=storage).get_trials(deepcopy=False)
+        counted = sorted((t.user_attrs["slot"], t.state.name, t.params, t.value) for t in trials
+                         if t.state.name in ("COMPLETE", "PRUNED"))
+        out[s.split(":tune:")[1]] = counted
+    return out
+
+
+def _runs(folder: Path):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{folder}/mlflow.db")
+    exp = client.get_experiment_by_name("hat")
+    return client.search_runs([exp.experiment_id], max_results=5000)
+
+
+def test_killed_study_resumes_to_the_same_answer(tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    ref = _study(straight)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+
+    for what, env in KILLS:
+        out = _study(killed, env)
+        assert out.returncode == 137, f"{what}: expected a hard exit, got {out.returncode}: {out.stderr[-3000:]}"
+        assert "HAT_FAULT_AFTER" in out.stderr, what
+        assert not (killed / "out" / "report.md").exists(), f"{what}: the study finished before the kill"
+    final = _study(killed)
+    assert final.returncode == 0, final.stderr[-3000:]
+
+    assert _results(killed) == _results(straight)
+    assert _verdicts(killed) == _verdicts(straight) and len(_verdicts(straight)) == 9
+    slots = _slots(killed)
+    assert slots == _slots(straight)  # same params, values and states in every slot: equal budgets, same suggestions
+    assert all([s for s, *_ in v] == [0, 1, 2] for v in slots.values())
+
+    import optuna
+
+    control = optuna.load_study(study_name="fixed_rule-smoke:tune:control", storage=f"sqlite:///{killed}/optuna.db")
+    assert [t.state.name for t in control.trials].count("FAIL") == 2  # the two kills in it did not count
+
+    # MLflow: every run ended; the runs of dead units were closed (KILLED) or, finished, marked as lost.
+    runs = _runs(killed)
+    status = [r.info.status for r in runs]
+    assert "RUNNING" not in status, [(r.data.tags.get("mlflow.runName"), r.info.status) for r in runs
+                                     if r.info.status == "RUNNING"]
+    assert status.count("KILLED") == MID_TRAINING_KILLS
+    lost = [r for r in runs if "unit_result" in r.data.tags]
+    assert len(lost) == MID_TRAINING_KILLS + 1 and sum(r.info.status == "FINISHED" for r in lost) == 1
+    parents = [r for r in runs if r.data.tags.get("phase") == "study"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    kept = [r for r in runs if r.data.tags.get("phase") == "replicate" and "unit_result" not in r.data.tags]
+    assert len(kept) == 10 * 2 and all(r.info.status == "FINISHED" for r in kept)
+    assert all(r.data.tags.get("unit_trial") for r in runs if r.data.tags.get("phase") != "study")
+
+
+def test_parent_run_fails_on_error(tmp_path, monkeypatch):
+    """An error inside a unit ends the study's parent run FAILED, with the reason; nothing is left RUNNING."""
+    import hat.trainer
+    from studies import fixed_rule
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("broken trainer")
+
+    monkeypatch.setattr(hat.trainer, "train", broken)
+    with pytest.raises(RuntimeError, match="broken trainer"):
+        fixed_rule.main(["--preset", "smoke", "--trials", "0", "--seeds", "1", "--hat-runs", "1", "--no-progress",
+                         "--storage", f"sqlite:///{tmp_path}/optuna.db", "--tracking-uri",
+                         f"sqlite:///{tmp_path}/mlflow.db", "--out", str(tmp_path / "out")])
+    runs = _runs(tmp_path)
+    assert [r.data.tags.get("phase") for r in runs] == ["study"]
+    assert runs[0].info.status == "FAILED" and "broken trainer" in runs[0].data.tags["failure_reason"]
