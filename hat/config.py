@@ -59,8 +59,8 @@ class TrainConfig:
     label_fraction: float = 1.0  # theta: proportion of labeled examples
     label_mode: str = "subset"  # "subset": fixed labeled subset per seed; "batch": each batch labeled w.p. theta
     val_size: int = 5000  # fixed validation split carved from the training set
-    train_limit: int | None = None  # use only the first n training examples (toy scale)
-    eval_limit: int | None = None  # evaluate on at most n validation/test examples (toy scale)
+    train_limit: int | None = None  # use only the first n training examples (toy scale; 0 or None: all)
+    eval_limit: int | None = None  # evaluate on at most n validation/test examples (toy scale; 0 or None: all)
     # bookkeeping
     seed: int = 0  # learner init, data order, label subset: paired across arms
     evals_per_epoch: float = 4.0  # evaluations per epoch (plus one at the start and end)
@@ -139,8 +139,10 @@ class TrainConfig:
         positive_int("val_size")
         if self.val_size >= FASHION_TRAIN:
             bad("val_size", f"expected fewer than the {FASHION_TRAIN} training examples")
-        positive_int("train_limit", optional=True)
-        positive_int("eval_limit", optional=True)
+        for name in ("train_limit", "eval_limit"):  # 0 or None: every example (splits() reads them so)
+            v = getattr(self, name)
+            if v is not None and (not _is_int(v) or v < 0):
+                bad(name, "expected a number of examples >= 1, or 0 for all")
         available = (FASHION_TRAIN - self.val_size) if n_train is None else n_train
         n = min(available, self.train_limit) if self.train_limit else available
         if self.batch_size > n:

@@ -134,7 +134,8 @@ def hat_forward(learner: Learner, rule: rules.Rule | None, x: Tensor, cfg: Train
 
 def labeled_losses(logits: Tensor, y: Tensor, mask: Tensor) -> Tensor:
     """(P,): each pair's mean cross-entropy over its labeled rows; logits (P, B, C), y and mask (P, B); 0 without labels."""
-    per = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(mask.shape)  # (P, B)
+    safe = torch.where(mask[..., None], logits, 0.0)  # (P, B, C): unlabeled rows cannot send NaN into the gradients
+    per = F.cross_entropy(safe.flatten(0, 1), y.flatten(), reduction="none").view(mask.shape)  # (P, B)
     return torch.where(mask, per, 0.0).sum(1) / mask.sum(1).clamp_min(1)
 
 
@@ -411,10 +412,10 @@ def train_population(cfg: TrainConfig, seeds: list[int], data: hat_data.Data | N
             results[p].val_acc, results[p].test_acc, results[p].train_loss = last["val_acc"], last["test_acc"], last["train_loss"]
             results[p].steps = total
             results[p].seconds = time.perf_counter() - start
-        for p in range(P):  # training is over: from here on, a run is never recorded KILLED
-            if runs[p] is None or not alive[p]:
-                continue
+        finished = [p for p in range(P) if runs[p] is not None and alive[p]]
+        for p in finished:  # training is over: from here on, a run is never recorded KILLED
             closed[p] = True
+        for p in finished:
             try:
                 runs[p].log_metrics({"final_val_acc": results[p].val_acc, "seconds": results[p].seconds,
                                      **({"final_test_acc": results[p].test_acc} if evaluate_test else {})}, total)
@@ -423,8 +424,12 @@ def train_population(cfg: TrainConfig, seeds: list[int], data: hat_data.Data | N
             except Exception as e:  # a figure or metric that cannot be written does not undo a finished run
                 warnings.warn(f"run {results[p].run_id}: could not log its final metrics or curve plot: {e}",
                               RuntimeWarning, stacklevel=2)
-            runs[p].set_tags({"status": "ok"})
-            runs[p].finish("FINISHED")
+            try:
+                runs[p].set_tags({"status": "ok"})
+                runs[p].finish("FINISHED")
+            except Exception as e:  # e.g. a locked store: the run keeps its state; the others still finish
+                warnings.warn(f"run {results[p].run_id}: could not be marked FINISHED: {e}", RuntimeWarning,
+                              stacklevel=2)
         return results
     except BaseException as e:
         for p in range(P):

@@ -297,6 +297,8 @@ def check_inputs(study: str, args, defaults: dict | None = None):
     scale = validate_scale(scale_from_args(args))
     base = base_config_from_args(args, scale, defaults).validate()
     check_rule(base)
+    if base.rule != "mlp":  # studies build meta-learners from --mlp (phase 1, trainable arms): check it too
+        check_rule(base.replace(rule="mlp", rule_params={}))
     name = args.name or f"{study}-{args.preset}"
     if getattr(args, "snapshots", None):
         snapshots_from_dir(args.snapshots, check=True)
@@ -352,8 +354,15 @@ def make_context(study: str, args, defaults: dict | None = None) -> Context:
         return {"run_id": run.run_id}
 
     parent_id = run_units(storage, f"{name}:parent", {"parent": {}}, create_parent)["parent"]["run_id"]
-    if tracker.client.get_run(parent_id).info.status != "RUNNING":
-        tracker.client.update_run(parent_id, status="RUNNING")  # resumed after a failure or a finish: running again
+    try:
+        parent_status = tracker.client.get_run(parent_id).info.status
+    except Exception as e:  # the tracking store changed under a kept Optuna storage
+        raise bad_input(f"the parent run {parent_id} of study {name!r} is not in the tracking store "
+                        f"{tracker.uri} ({type(e).__name__}); rerun with the same --tracking-uri, or with --fresh") from None
+    if parent_status != "RUNNING" and not args.no_report:
+        # resumed after a failure or a finish by the worker that will write the report: running again
+        # (a --no-report worker never reopens it: it would stay RUNNING after the report was written)
+        tracker.client.update_run(parent_id, status="RUNNING")
     ctx = Context(study, name, scale, base, storage, tracker, parent_id, out, data, not args.no_progress, args)
     _ACTIVE[:] = [ctx]
     if sys.excepthook is not _excepthook:

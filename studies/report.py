@@ -113,6 +113,14 @@ def _value(v) -> str:
     return str(v)
 
 
+def _probe(fn, fallback):
+    """fn(), or fallback("unknown (why)") if it raises: a probe never costs a finished study its report."""
+    try:
+        return fn()
+    except Exception as e:
+        return fallback(f"unknown ({type(e).__name__}: {e})")
+
+
 def provenance_lines(ctx: Context) -> list[str]:
     """The report's provenance block: command, git commit and dirty flag, package versions, device, date, data."""
     from hat.data import data_root
@@ -120,15 +128,17 @@ def provenance_lines(ctx: Context) -> list[str]:
 
     args = ctx.args
     command = getattr(args, "command", None) or f"python -m studies.{ctx.study} (command line not recorded)"
-    git = pv.git_state(REPO_ROOT)
+    git = _probe(lambda: pv.git_state(REPO_ROOT), lambda why: {"commit": why, "dirty": None})
     dirty = {True: "yes: tracked files differ from the commit", False: "no", None: "unknown"}[git["dirty"]]
-    dev = pv.device_info(ctx.base.device)
-    data = pv.data_checksum(data_root(getattr(args, "data", None)))
+    dev = _probe(lambda: pv.device_info(ctx.base.device), lambda why: {"device": why})
+    data = _probe(lambda: pv.data_checksum(data_root(getattr(args, "data", None))),
+                  lambda why: {"root": "?", "files": {}, "sha256": why})
     files = ", ".join(f"`{n}` {h[:12]}" for n, h in data["files"].items())
+    versions = _probe(pv.package_versions, lambda why: {"(versions)": why})
     return ["## Provenance", "",
             f"- command: `{command}`",
             f"- git commit: `{git['commit']}`, uncommitted changes: {dirty}",
-            "- packages: " + ", ".join(f"{k} {v}" for k, v in pv.package_versions().items()),
+            "- packages: " + ", ".join(f"{k} {v}" for k, v in versions.items()),
             f"- device: {dev.pop('device')}; " + "; ".join(f"{k}: {v}" for k, v in dev.items()),
             f"- date: {pv.now_utc()}",
             f"- data: Fashion-MNIST from `{data['root']}`; sha256 of the files' sha256s: `{data['sha256']}` "

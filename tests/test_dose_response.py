@@ -121,19 +121,25 @@ def test_dose_response_smoke_end_to_end(tmp_path, capsys):
             run = client.get_run(results[(f"{rule}@matched", s)]["mlflow_run_id"])
             assert float(run.data.params["rate"]) == pytest.approx(want, rel=1e-4)
 
-    # The Holm family: H-converged, the matched and the best-rate claims, recomputed from results.csv.
-    tests = table_after(report, "## Tests (one Holm family)")
-    keys = [r["hypothesis"] for r in tests]
-    assert keys[0] == "H-converged" and tests[0]["arm"] == f"converged@{PRESET_RATE:g}" and tests[0]["claim"] == \
+    # Two Holm families, recomputed from results.csv: the confirmatory one (H-converged and the matched claims)
+    # and the exploratory best-rate claims (the best rate is selected on the same seeds).
+    main = table_after(report, "## Tests (one Holm family)")
+    explo = table_after(report, "## Exploratory: each rule at its best grid rate")
+    keys = [r["hypothesis"] for r in main]
+    assert keys[0] == "H-converged" and main[0]["arm"] == f"converged@{PRESET_RATE:g}" and main[0]["claim"] == \
         "less than control"
-    assert {f"X-matched-{r}" for r in matched_rate} | {f"X-best-{r}" for r in RULES} == set(keys[1:])
+    assert {f"X-matched-{r}" for r in matched_rate} == set(keys[1:])
+    assert {f"X-best-{r}" for r in RULES} == {r["hypothesis"] for r in explo}
     for rule in RULES:  # the best rate: highest mean validation accuracy over the grid (diverged = chance)
         grid_arms = [a for a in arms if a.startswith(f"{rule}@") and not a.endswith("@matched")]
         best = max(grid_arms, key=lambda a: (acc(a, "val_acc").mean(), -float(a.split("@")[1])))
-        row = next(r for r in tests if r["hypothesis"] == f"X-best-{rule}")
+        row = next(r for r in explo if r["hypothesis"] == f"X-best-{rule}")
         assert row["arm"] == best, rule
-    pairs = [(acc(r["arm"]), acc("control"), "less" if r["claim"].startswith("less") else "greater") for r in tests]
-    for row, e in zip(tests, family_stats(pairs, MARGIN)):
+    expected = []
+    for family in (main, explo):
+        pairs = [(acc(r["arm"]), acc("control"), "less" if r["claim"].startswith("less") else "greater") for r in family]
+        expected += list(zip(family, family_stats(pairs, MARGIN)))
+    for row, e in expected:
         assert num(row["Δ"]) == pytest.approx(e["mean"], rel=6e-3, abs=1e-6), row["hypothesis"]
         lo, hi = ci(row["95% CI"])
         assert lo == pytest.approx(e["lo"], abs=6e-3) and hi == pytest.approx(e["hi"], abs=6e-3)
@@ -162,3 +168,25 @@ def test_dose_response_smoke_end_to_end(tmp_path, capsys):
     for r in phases["grid"] + phases["matched"]:
         t = r.data.tags
         assert {"rule", "arm", "seed", "phase", "rate"} <= set(t) and t["arm"].startswith(t["rule"] + "@")
+
+
+def test_sweep_reaches_forced_rates_after_every_rule_stopped(monkeypatch):
+    """Every seed diverges at the first rate: the grid still runs converged's preset rate (H-converged needs it)."""
+    from types import SimpleNamespace
+
+    from hat.config import TrainConfig
+    from studies import dose_response as dr
+
+    ran = []
+
+    def fake_units(ctx, queue, specs, seeds, hidden, bar=None):
+        ran.extend(specs)
+        return {(a, s): {"status": "diverged"} for a in specs for s in seeds}
+
+    monkeypatch.setattr(dr, "run_arm_units", fake_units)
+    ctx = SimpleNamespace(name="t", base=TrainConfig())
+    rates = [1e-5, 3.16e-5, 1e-4, 3.16e-4, 1e-3]
+    results, stopped = dr.sweep(ctx, ["converged"], rates, {}, [0, 1], 1, False, {"converged": {1e-3}})
+    assert stopped == {"converged": 1e-5}
+    assert ran == [dr.arm_name("converged", 1e-5), dr.arm_name("converged", 1e-3)]
+    assert (dr.arm_name("converged", 1e-3), 0) in results
