@@ -83,13 +83,16 @@ def start_params(ctx, arm, space: dict, warm: dict | None) -> list[dict]:
     return out
 
 
-def slot_sampler(scale, slot: int):
-    """The sampler for trial slot `slot`: seeded from (sampler seed, slot), so the suggestion for a slot depends
-    only on the seed, the slot and the finished (complete or pruned) trials; constant_liar off, so running or
-    killed trials do not count."""
+def slot_sampler(scale, slot: int, arm: str = ""):
+    """The sampler for trial slot `slot` of `arm`: seeded from (sampler seed, arm, slot), so the suggestion for a
+    slot depends only on the seed, the arm, the slot and the finished (complete or pruned) trials; constant_liar
+    off, so running or killed trials do not count. The arm enters the seed so that arms do not all draw the same
+    random configurations (with one shared stream, most arms' winners were one shared draw)."""
+    import zlib
+
     import optuna
 
-    seed = int(np.random.SeedSequence([scale.sampler_seed, slot]).generate_state(1)[0])
+    seed = int(np.random.SeedSequence([scale.sampler_seed, zlib.crc32(arm.encode()), slot]).generate_state(1)[0])
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, scale.trials // 3), constant_liar=False)
 
 
@@ -155,7 +158,7 @@ def tune_arm(ctx, arm, warm: dict | None = None) -> dict:
     name = f"{ctx.name}:tune:{arm.name}"
     study = optuna.create_study(
         study_name=name, storage=ctx.storage, load_if_exists=True, direction="maximize",
-        sampler=slot_sampler(ctx.scale, 0),
+        sampler=slot_sampler(ctx.scale, 0, arm.name),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1))
     starts = start_params(ctx, arm, space, warm)
 
@@ -193,7 +196,7 @@ def tune_arm(ctx, arm, warm: dict | None = None) -> dict:
                 break
             time.sleep(POLL_S)  # the last trials are running in other workers
             continue
-        study.sampler = slot_sampler(ctx.scale, slot)  # sampling is lazy: the first suggest uses this one
+        study.sampler = slot_sampler(ctx.scale, slot, arm.name)  # sampling is lazy: the first suggest uses this one
         fault_point("claim", "tune")
         try:
             with Heartbeat(ctx.storage, trial._trial_id), unit_scope(ctx.storage, name, trial, "tune"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import re
 import signal
@@ -352,3 +353,23 @@ def test_tuning_resume_is_exact(tmp_path):
     states = [t.state.name for t in optuna.load_study(study_name="exact:tune:hebb",
                                                       storage=f"sqlite:///{tmp_path}/b/optuna.db").trials]
     assert states.count("FAIL") == 2 and states.count("COMPLETE") == 6
+
+
+def test_slot_sampler_repeats_per_arm_and_slot_and_differs_across_arms():
+    """A slot's suggestion depends on (seed, arm, slot) only: reproducible on resume, and arms do not share draws."""
+    import optuna
+
+    from studies import common, tuning
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    scale = common.Scale(trials=6)
+
+    def draw(arm, slot, seed=None):
+        sc = scale if seed is None else dataclasses.replace(scale, sampler_seed=seed)
+        trial = optuna.create_study(sampler=tuning.slot_sampler(sc, slot, arm)).ask()
+        return trial.suggest_float("lr", 1e-4, 1e-2, log=True)
+
+    assert draw("hebb", 2) == draw("hebb", 2)
+    assert draw("hebb", 2) != draw("oja", 2)
+    assert draw("hebb", 2) != draw("hebb", 3)
+    assert draw("hebb", 2) != draw("hebb", 2, seed=scale.sampler_seed + 1)
