@@ -7,7 +7,6 @@ a learning rate in that optimizer's range); rule arms add `RATE_SPACE` and their
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,11 +16,9 @@ from studies.workqueue import (
     POLL_S,
     Heartbeat,
     _mark_claimed,
+    claiming,
     fault_point,
-    lock_is_global,
-    reclaim_dead,
     states,
-    storage_lock,
     unit_scope,
 )
 
@@ -115,9 +112,7 @@ def _claim_slot(study, storage, n: int, starts: list[dict]):
     """Under the store lock (a file lock for SQLite, an advisory lock on PostgreSQL): reclaim dead trials, then claim the lowest free slot below n as a new trial
     (start params fixed for the start slots); (trial, slot) or (None, None) when no slot is free."""
     TS = states()
-    with warnings.catch_warnings(), storage_lock(storage):
-        warnings.simplefilter("ignore")  # heartbeat outside Study.optimize is what we want here
-        reclaim_dead(study, storage, locked=lock_is_global(storage))
+    with claiming(study, storage):
         while True:
             trials = study.get_trials(deepcopy=False)
             held = _held_slots(trials, n)

@@ -193,6 +193,16 @@ def lock_is_global(storage) -> bool:
     return _lock_uri(storage).startswith(("sqlite:///", "postgresql", "postgres:"))
 
 
+@contextlib.contextmanager
+def claiming(study, storage):
+    """Where a worker claims work in `study`: under the store lock, with the trials of dead workers reclaimed first
+    (the queue's pop and tuning's slot claim both start here)."""
+    with warnings.catch_warnings(), storage_lock(storage):
+        warnings.simplefilter("ignore")  # heartbeat outside Study.optimize is what we want here
+        reclaim_dead(study, storage, locked=lock_is_global(storage))
+        yield
+
+
 class Heartbeat:
     """Records the heartbeat of a running trial from a background thread."""
 
@@ -454,9 +464,7 @@ def _claim(study, storage, units: dict):
     already finished or holds is pruned (a guard for databases without a lock).
     """
     TS = states()
-    with warnings.catch_warnings(), storage_lock(storage):
-        warnings.simplefilter("ignore")  # heartbeat outside Study.optimize is what we want here
-        reclaim_dead(study, storage, locked=lock_is_global(storage))
+    with claiming(study, storage):
         while True:
             trials = study.get_trials(deepcopy=False)
             done = {t.user_attrs["unit"]: t.user_attrs["result"] for t in trials

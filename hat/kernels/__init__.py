@@ -161,6 +161,17 @@ def mlp_per_sample_drive(pre: Tensor, w: Tensor, post: Tensor, grad: Tensor | No
     return _backend_module(backend).per_sample_drive(pre, w, post, grad, form, budget)
 
 
+def check_population_forms(forms: list[MLPForm], grad: Tensor | None) -> MLPForm:
+    """The first of `forms` once every pair's rule shares act, inputs and hidden width (what one population
+    call of the cpu and triton backends needs) and `grad` is given when the rule reads it; else ValueError."""
+    f0 = forms[0]
+    if any((f.act, tuple(f.inputs), f.hidden) != (f0.act, tuple(f0.inputs), f0.hidden) for f in forms):
+        raise ValueError("population kernels: every pair's rule needs the same act, inputs and hidden width")
+    if "grad" in f0.inputs and grad is None:
+        raise ValueError("the rule reads the gradient input but grad is None")
+    return f0
+
+
 def mlp_population_delta(pre: Tensor, w: Tensor, post: Tensor, grad: Tensor | None, forms: list[MLPForm],
                          budget: int = 256 * 2**20, backend: str | None = None) -> Tensor:
     """(P, O, I): pair p's rule forms[p] on pre[p] (B, I), w[p] (O, I), post[p] (B, O), grad[p].

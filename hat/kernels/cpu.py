@@ -124,6 +124,8 @@ import numpy as np
 import torch
 from numba import njit, prange
 
+from hat.kernels import check_population_forms
+
 # Output units per task (upper bound; smaller when that gives too few tasks for the threads).
 BLOCK_O = 8
 # Aim for at least this many tasks per thread (load balance on shared cores).
@@ -503,11 +505,7 @@ class _CpuMLP(torch.autograd.Function):
 
 def _stacked(pre, w, post, grad, forms):
     """Contiguous (P, ...) inputs of pre's dtype and the stacked parameters of `forms` (same act, inputs, hidden)."""
-    f0 = forms[0]
-    if any((f.act, tuple(f.inputs), f.hidden) != (f0.act, tuple(f0.inputs), f0.hidden) for f in forms):
-        raise ValueError("population kernels: every pair's rule needs the same act, inputs and hidden width")
-    if "grad" in f0.inputs and grad is None:
-        raise ValueError("the rule reads the gradient input but grad is None")
+    f0 = check_population_forms(forms, grad)
     if pre.device.type != "cpu":
         raise ValueError(f"the cpu backend needs CPU tensors, got {pre.device}")
     dt = pre.dtype

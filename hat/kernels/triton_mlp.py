@@ -73,6 +73,8 @@ import torch
 import triton
 import triton.language as tl
 
+from hat.kernels import check_population_forms
+
 BLOCK_O = 16
 BLOCK_I = 32
 NUM_WARPS = 4
@@ -411,11 +413,7 @@ class _TritonMLP(torch.autograd.Function):
 
 def _stacked(pre, w, post, grad, forms):
     """Contiguous (P, ...) inputs and the stacked parameters of `forms` (same act, inputs, hidden)."""
-    f0 = forms[0]
-    if any((f.act, tuple(f.inputs), f.hidden) != (f0.act, tuple(f0.inputs), f0.hidden) for f in forms):
-        raise ValueError("population kernels: every pair's rule needs the same act, inputs and hidden width")
-    if "grad" in f0.inputs and grad is None:
-        raise ValueError("the rule reads the gradient input but grad is None")
+    f0 = check_population_forms(forms, grad)
     g = grad.contiguous() if "grad" in f0.inputs else None
     params = [torch.stack([getattr(f, k) for f in forms]) for k in ("w1", "b1", "w2", "b2")]  # (P, ...)
     return (pre.contiguous(), w.contiguous(), post.contiguous(), g, *params, f0.act, tuple(f0.inputs))
