@@ -211,6 +211,21 @@ class Tracker:
                 self.experiment_id = self._create_experiment(experiment, location)
         else:
             self.experiment_id = exp.experiment_id
+        if self.uri.startswith("sqlite:///"):
+            with store_lock(self.uri):
+                self._retire_default_experiment()
+
+    def _retire_default_experiment(self) -> None:
+        """Delete (MLflow's soft delete) the empty `Default` experiment a new SQLite store starts with, so the UI
+        lists only this suite's experiment and nothing points at an `mlruns/` folder. Never on a tracking server
+        (its Default belongs to its users), never with runs in it; a failure is harmless."""
+        try:
+            default = self.client.get_experiment("0")
+            if (default.name == "Default" and default.lifecycle_stage == "active"
+                    and not self.client.search_runs(["0"], max_results=1)):
+                self.client.delete_experiment("0")
+        except Exception:
+            pass
 
     def _create_experiment(self, name: str, location: str | None) -> str:
         """The id of experiment `name`, created if missing. Idempotent across processes: where another process

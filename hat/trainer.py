@@ -193,7 +193,9 @@ def train(cfg: TrainConfig, data: hat_data.Data | None = None, tracker=None, par
 
     tracker: a `hat.tracking.Tracker` or None (no MLflow). out_dir: where
     snapshots and plots go; plot: log a learning-curve PNG with the run. callback(eval_dict) is called after each
-    evaluation; it may raise (e.g. optuna.TrialPruned) to stop the run.
+    evaluation; it may raise (e.g. optuna.TrialPruned) to stop the run: the run is recorded KILLED
+    ("interrupted"), or FINISHED with tag status=<e.run_status> when the exception has a `run_status`
+    attribute (studies.tuning marks a pruned trial's runs "pruned" this way).
     observer(eval_dict, learner, rule) is called after each evaluation too, for
     studies that inspect the learner or the rule along training (read only).
     evaluate_test: False leaves test accuracy out of every evaluation (NaN), for tuning runs.
@@ -432,10 +434,15 @@ def train_population(cfg: TrainConfig, seeds: list[int], data: hat_data.Data | N
                               stacklevel=2)
         return results
     except BaseException as e:
+        stopped = getattr(e, "run_status", None)  # a callback stopped the run on purpose (e.g. a pruned trial)
         for p in range(P):
             if runs[p] is not None and not closed[p]:
-                runs[p].set_tags({"status": "interrupted", "failure_reason": type(e).__name__})
-                runs[p].finish("KILLED")
+                if stopped:
+                    runs[p].set_tags({"status": str(stopped)})
+                    runs[p].finish("FINISHED")
+                else:
+                    runs[p].set_tags({"status": "interrupted", "failure_reason": type(e).__name__})
+                    runs[p].finish("KILLED")
         raise
     finally:
         if bar is not None:

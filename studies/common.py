@@ -36,7 +36,7 @@ from hat.config import TrainConfig
 from hat.tracking import REPO_ROOT, Tracker
 from studies import launch, progress, workqueue
 from studies.provenance import CommandParser
-from studies.tuning import CONDITIONAL, RATE_SPACE, Param, tune_all
+from studies.tuning import CONDITIONAL, DESIGNS, RATE_SPACE, Param, tune_all
 from studies.workqueue import delete_studies, open_storage, run_units
 
 PHASE1_SEED_BASE = 20_000  # meta-learner (phase 1) runs: 20000, 20001, ... (never a fresh learner's seed)
@@ -52,6 +52,7 @@ class Arm:
     space: dict[str, Param] = field(default_factory=dict)  # arm-specific hyperparameters
     hypothesis: str = ""  # tag: which hypothesis this arm tests
     tags: dict = field(default_factory=dict)  # extra MLflow tags of every run of this arm (e.g. family, kind)
+    control: str = "control"  # the arm whose tuned learner settings warm-start (design each) or fix (marginal) this one
 
     def config(self, base: TrainConfig, params: dict | None = None) -> TrainConfig:
         """`base` with this arm's overrides and tuned `params` applied."""
@@ -91,6 +92,7 @@ class Scale:
     n_boot: int = 10000  # bootstrap resamples for CIs
     sampler_seed: int = 0  # TPE seed
     population: int = 1  # seeds trained together per replicate unit (hat.population); >1 pays off on a GPU
+    design: str = "each"  # tuning design: "each" (every arm tunes learner and rule settings) or "marginal"
 
 
 SCALE_HELP = {  # help text of the study-size flags
@@ -102,6 +104,9 @@ SCALE_HELP = {  # help text of the study-size flags
     "n_boot": "bootstrap resamples for confidence intervals",
     "sampler_seed": "seed of the TPE sampler (trial slot s samples with a seed derived from this and s)",
     "population": "seeds trained together per replicate unit (hat.population); > 1 pays off on a GPU",
+    "design": "tuning design: each = every arm tunes the learner's optimizer and learning rate and its rule's "
+              "settings on equal budgets; marginal = the learner settings are fixed at the control's tuned values "
+              "and only the rule's own settings are tuned (isolates the rule's effect)",
 }
 
 
@@ -115,6 +120,8 @@ def validate_scale(scale: Scale) -> Scale:
         v = getattr(scale, name)
         if not isinstance(v, int) or isinstance(v, bool) or v < low:
             raise ConfigError(f"--{name.replace('_', '-')} {v}: expected an integer >= {low}")
+    if scale.design not in DESIGNS:
+        raise ConfigError(f"--design {scale.design}: expected one of {', '.join(DESIGNS)}")
     if not isinstance(scale.margin, int | float) or not math.isfinite(scale.margin) or scale.margin <= 0:
         raise ConfigError(f"--margin {scale.margin}: expected a finite number > 0 (accuracy points)")
     return scale
@@ -123,6 +130,20 @@ def validate_scale(scale: Scale) -> Scale:
 SCALES = {
     "smoke": dict(train_preset="smoke", trials=2, tuning_seeds=1, seeds=3, hat_runs=2, n_boot=2000),
     "quick": dict(train_preset="quick", trials=5, tuning_seeds=2, seeds=5, hat_runs=3),
+    # cpu: the published answers (docs/results/), each of fixed_rule, epochs and labels in <= 45 min on the 2-core
+    # development CPU. Pilot (2026-12-02, commit 42f15f3): the three studies at `quick` (5 seeds), same training
+    # setting. Seconds per run (results.csv), one run of every arm summed: fixed_rule 26.5, epochs 20.2, labels 67.8
+    # (the meta-learner arms dominate: HAT ~13 s, a frozen M ~7.5 s, a control ~0.5 s; population batching measured
+    # 0.28 vs 0.54 s per control seed at P = 5 vs 1 but 11.0 vs 10.8-14.3 s per HAT seed, so P = 1). Cost ~ (8 trials
+    # x 2 tuning seeds, ~12 runs after pruning + 20 seeds) x that sum: fixed_rule 32 x 26.5 + 5 phase-1 x 13 ~ 15 min,
+    # epochs 32 x 20.2 ~ 11 min, labels 32 x 67.8 ~ 36 min. Power: paired sd of the pilot (from its 95% t CIs),
+    # seeds the verdict rule needs for 80% power at a 1-point difference (stats.seeds_for_power, Holm over 2m tests):
+    # fixed_rule (m = 9) H-frozen-final sd 0.70 -> 11, H-frozen-early 0.45 -> 7, exploratory 0.66-1.19 -> 10-23,
+    # H-converged 4.1 -> 226 (20 seeds detect about 3.7 points there); epochs (m = 5) H-asymptote 1.15 -> 19, H-faster
+    # 0.24 -> 4, H-stable 0.54 -> 7; labels (m = 5) theta 0.5 and 1: sd 0.64 / 1.36 -> 9 / 26, theta <= 0.2: sd
+    # 2.5-3.7 -> 77-161 (20 seeds detect about 2.1-3.1 points there). Those sds come from design `each`; `marginal`
+    # (the learner settings fixed at the control's) should not raise them.
+    "cpu": dict(train_preset="quick", trials=8, tuning_seeds=2, seeds=20, hat_runs=5, design="marginal"),
     "paper": dict(train_preset="paper", trials=20, tuning_seeds=2, seeds=100, hat_runs=100, population=25),
 }
 
@@ -135,7 +156,8 @@ def build_parser(doc: str, prog: str, default_scale: str = "quick") -> argparse.
 
     p = CommandParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default=default_scale, choices=sorted(SCALES),
-                   help=f"study size (default: {default_scale}); smoke is for tests, paper for a GPU")
+                   help=f"study size (default: {default_scale}); smoke is for tests, cpu gives the published answers "
+                        "(docs/results/, under 45 min per study on 2 cores), paper is for a GPU")
     p.add_argument("--name", default=None, help="study name (default: <study>-<preset>); rerun with the same name to resume")
     p.add_argument("--fresh", action="store_true", help="forget earlier work under this name and start over")
     p.add_argument("--storage", default=None, help="Optuna storage URL shared by workers (default: sqlite in mlflow/)")
@@ -149,7 +171,7 @@ def build_parser(doc: str, prog: str, default_scale: str = "quick") -> argparse.
         if f.name == "train_preset":
             continue
         g.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=None, dest=f.name,
-                       help=f"{SCALE_HELP.get(f.name, '')} (default: from --preset)")
+                       choices=DESIGNS if f.name == "design" else None, help=f"{SCALE_HELP.get(f.name, '')} (default: from --preset)")
     add_config_args(p, skip=("seed", "snapshot_epochs"))
     launch.add_launch_args(p)
     return p
@@ -198,6 +220,7 @@ class Context:
     data: object
     progress: bool = True
     args: object = None  # the parsed command line; args.command is the exact command (studies.provenance)
+    arm_parents: dict[str, str] = field(default_factory=dict)  # arm -> its MLflow parent run (created on first use)
 
     @property
     def unit_tracker(self):
@@ -216,6 +239,30 @@ class Context:
             run.finish(status)
         except Exception:
             pass
+
+    def arm_parent(self, arm: str | None) -> str | None:
+        """The MLflow run that groups arm `arm`'s runs under the study's parent run (study -> arm -> run), created
+        once across workers (a unit of its own, as the study's parent); the study's parent when `arm` is None."""
+        if arm is None or self.tracker is None or not self.parent_id:
+            return self.parent_id
+        if arm not in self.arm_parents:
+            def create(key, spec):
+                run = UnitTracker(self.tracker).start_run(
+                    f"{self.name} / {arm}", tags={"study": self.study, "study_name": self.name, "phase": "arm",
+                                                  "arm": arm}, parent_id=self.parent_id)
+                return {"run_id": run.run_id}
+
+            self.arm_parents[arm] = run_units(self.storage, f"{self.name}:arm:{arm}:arm-parent", {"parent": {}},
+                                              create)["parent"]["run_id"]
+        return self.arm_parents[arm]
+
+    def close_arm_parents(self, status: str = "FINISHED") -> None:
+        """End every arm parent run this process knows (the report is written): never raises."""
+        for run_id in self.arm_parents.values():
+            try:
+                self.tracker.run(run_id).finish(status)
+            except Exception:
+                pass
 
     def _guard(self, fn):
         import optuna
@@ -238,7 +285,8 @@ class Context:
                 workqueue.fault_point("eval")
 
         return self._guard(lambda: train_population(
-            cfg, seeds, data=self.data, tracker=self.unit_tracker, parent_id=self.parent_id, out_dir=self.out,
+            cfg, seeds, data=self.data, tracker=self.unit_tracker, parent_id=self.arm_parent(run_group(tags)),
+            out_dir=self.out,
             tags=tags, progress=self.progress, run_name=run_name, callback=cb))
 
     def train(self, cfg: TrainConfig, tags: dict, run_name: str, callback=None, observer=None,
@@ -254,7 +302,8 @@ class Context:
                 callback(ev)
 
         return self._guard(lambda: train(
-            cfg, data=self.data, tracker=self.unit_tracker, parent_id=self.parent_id, out_dir=self.out, tags=tags,
+            cfg, data=self.data, tracker=self.unit_tracker, parent_id=self.arm_parent(run_group(tags)),
+            out_dir=self.out, tags=tags,
             progress=self.progress, run_name=run_name, callback=cb, plot=False, observer=observer,
             evaluate_test=evaluate_test))
 
@@ -273,6 +322,11 @@ class UnitTracker:
         run = self.tracker.start_run(name, tags={**(tags or {}), **workqueue.current_unit_tags()}, parent_id=parent_id)
         workqueue.note_run(run.run_id, self.tracker.uri)
         return run
+
+
+def run_group(tags: dict) -> str | None:
+    """The arm parent a run is grouped under in MLflow: its arm, or "phase1" for the meta-learners' runs."""
+    return "phase1" if tags.get("phase") == "phase1" else tags.get("arm")
 
 
 _ACTIVE: list[Context] = []  # the study contexts of this process, for the uncaught-exception hook

@@ -34,8 +34,10 @@ def build_arms(thetas) -> list[common.Arm]:
     arms = []
     for t in thetas:
         arms.append(common.Arm(f"control@{t:g}", {"rule": "none", "label_fraction": t}))
-        arms.append(common.rule_arm(f"hat@{t:g}", "mlp", extra_space=dict(tuning.RULE_LR_SPACE),
-                                    trainable_rule=True, label_fraction=t))
+        hat = common.rule_arm(f"hat@{t:g}", "mlp", extra_space=dict(tuning.RULE_LR_SPACE),
+                              trainable_rule=True, label_fraction=t)
+        hat.control = f"control@{t:g}"  # warm-started (design each) or fixed (marginal) by its own control
+        arms.append(hat)
     return arms
 
 

@@ -70,7 +70,9 @@ def plan(base, scale, arms: list, hat_runs: int = 0) -> list[float]:
 
     base: the study's TrainConfig; arms: `studies.common.Arm`s (preset values stand in for the tuned ones);
     hat_runs: phase-1 runs with a trainable meta-learner (0 when snapshots are reused)."""
-    ordered = sorted(arms, key=lambda a: a.name != "control")  # as studies.tuning.tune_all
+    from studies.tuning import tuned_first
+
+    ordered = tuned_first(arms)  # as studies.tuning.tune_all
     costs = [run_cost(base.replace(rule="mlp", trainable_rule=True))] * hat_runs
     for a in ordered:
         costs += [run_cost(a.config(base))] * (scale.trials * scale.tuning_seeds)

@@ -8,8 +8,11 @@ import inspect
 import json
 import math
 import re
+import sys
 import textwrap
 from pathlib import Path
+
+import numpy as np
 
 from hat.tracking import REPO_ROOT, ui_command
 from studies.analysis import (
@@ -121,6 +124,20 @@ def _probe(fn, fallback):
         return fallback(f"unknown ({type(e).__name__}: {e})")
 
 
+def wall_time(ctx: Context) -> str:
+    """Time from the start of the study's parent run to now (a resumed study includes its pauses)."""
+    def measure():
+        import time
+
+        start = ctx.tracker.client.get_run(ctx.parent_id).info.start_time / 1000.0
+        m, s = divmod(int(round(time.time() - start)), 60)
+        return f"{m // 60} h {m % 60:02d} min {s:02d} s since the study's parent run started (includes any pause " \
+               "between resumes)"
+    if ctx.tracker is None or not ctx.parent_id:
+        return "unknown (no tracking store)"
+    return _probe(measure, lambda why: why)
+
+
 def provenance_lines(ctx: Context) -> list[str]:
     """The report's provenance block: command, git commit and dirty flag, package versions, device, date, data."""
     from hat.data import data_root
@@ -140,7 +157,7 @@ def provenance_lines(ctx: Context) -> list[str]:
             f"- git commit: `{git['commit']}`, uncommitted changes: {dirty}",
             "- packages: " + ", ".join(f"{k} {v}" for k, v in versions.items()),
             f"- device: {dev.pop('device')}; " + "; ".join(f"{k}: {v}" for k, v in dev.items()),
-            f"- date: {pv.now_utc()}",
+            f"- date: {pv.now_utc()}; wall time: {wall_time(ctx)}",
             f"- data: Fashion-MNIST from `{data['root']}`; sha256 of the files' sha256s: `{data['sha256']}` "
             f"({files})",
             f"- outputs: `{ctx.out}`; Optuna storage: `{getattr(ctx.storage, 'url', ctx.storage)}`; MLflow parent "
@@ -392,7 +409,8 @@ def finish_report(ctx: Context, title: str, doc: str, sections: list[str], files
     summary = (["## Verdicts at a glance", "", stats.format_table(verdicts), "",
                 "Details, and every statistic behind them, in the sections below.", ""] if verdicts else [])
     head = [f"# {title}", "", *provenance_lines(ctx), *summary,
-            "## Settings", "", f"Study `{ctx.name}` (module `studies.{ctx.study}`), preset `{ctx.scale.train_preset}`.",
+            "## Settings", "", f"Study `{ctx.name}` (module `studies.{ctx.study}`), preset `{ctx.scale.train_preset}`, "
+            f"tuning design `{ctx.scale.design}`.",
             "", settings_table(ctx), "",
             "## About this study", "", doc.strip(), "", "## Verdict rule", "", "```", stats.VERDICT_RULE.strip(), "```",
             ""]
@@ -403,6 +421,8 @@ def finish_report(ctx: Context, title: str, doc: str, sections: list[str], files
         run = ctx.tracker.run(ctx.parent_id)
         for f in [path, *files]:
             run.log_artifact(f, "report")
+        run.set_tags({f"verdict.{mlflow_key(v['hypothesis'])}": v["verdict"] for v in verdicts})
+        close_arm_parents(ctx)
         run.finish("FINISHED")
     print(f"\nreport: {path}")
     print(f"results: {ctx.out}")
@@ -411,6 +431,48 @@ def finish_report(ctx: Context, title: str, doc: str, sections: list[str], files
     if verdicts:
         print(f"\nVerdicts ({title}):\n" + verdict_console_table(verdicts))
     return path
+
+
+def mlflow_key(name: str) -> str:
+    """`name` as an MLflow metric or tag key (letters, digits, `_-. /:` kept; anything else becomes `_`)."""
+    return re.sub(r"[^A-Za-z0-9_\-. /:]", "_", name)
+
+
+def log_arm_summaries(ctx: Context, hypotheses: list[Hypothesis], comps, acc: dict[str, np.ndarray]) -> None:
+    """Each arm's MLflow parent run gets its summary: mean final test accuracy and, per hypothesis on the arm, the
+    paired difference, its 95% CI, the Holm p-values and a verdict tag (keys `<hypothesis>.<statistic>`)."""
+    if ctx.tracker is None or not ctx.parent_id:
+        return
+    for arm, values in acc.items():
+        finite = values[np.isfinite(values)]
+        metrics = {"mean_test_acc": float(np.mean(finite))} if finite.size else {}
+        tags = {}
+        for h, c in zip(hypotheses, comps):
+            if h.arm != arm:
+                continue
+            k = mlflow_key(h.key)
+            metrics.update({f"{k}.diff": c.mean_diff, f"{k}.ci_low": c.ci_lo, f"{k}.ci_high": c.ci_hi,
+                            f"{k}.p_holm": c.p_holm, f"{k}.p_below_margin_holm": c.p_below_holm})
+            tags[f"verdict.{k}"] = c.verdict
+        metrics = {m: float(v) for m, v in metrics.items() if np.isfinite(v)}
+        try:
+            run = ctx.tracker.run(ctx.arm_parent(arm))
+            run.log_metrics(metrics, 0)
+            run.set_tags(tags)
+        except Exception as e:  # the report does not depend on the UI's summaries
+            print(f"warning: arm {arm}: summary not logged to MLflow ({type(e).__name__}: {e})", file=sys.stderr)
+
+
+def close_arm_parents(ctx: Context) -> None:
+    """End the study's arm parent runs still RUNNING (created by any worker) as FINISHED."""
+    try:
+        runs = ctx.tracker.client.search_runs(
+            [ctx.tracker.experiment_id], f"tags.mlflow.parentRunId = '{ctx.parent_id}' and tags.phase = 'arm' "
+            "and attributes.status = 'RUNNING'", max_results=10000)
+        for r in runs:
+            ctx.tracker.client.set_terminated(r.info.run_id, "FINISHED")
+    except Exception as e:
+        print(f"warning: arm parent runs not closed ({type(e).__name__}: {e})", file=sys.stderr)
 
 
 def figure_block(paths: list[Path], out: Path) -> list[str]:
@@ -453,6 +515,22 @@ def curve_references(names: list[str], hypotheses: list[Hypothesis]) -> tuple[di
     return reference, set(reference.values()) - set(reference)
 
 
+def tuning_text(scale) -> str:
+    """One paragraph: how the arms were tuned, naming the design (studies.tuning)."""
+    if scale.trials == 0:
+        return "Tuning skipped (`--trials 0`): every arm uses the preset's values."
+    text = (f"Tuning design `{scale.design}`. Every arm was tuned with {scale.trials} Optuna trials (TPE, seed "
+            f"{scale.sampler_seed}, median pruner) on the validation split, objective = mean validation accuracy "
+            f"over {scale.tuning_seeds} tuning seed(s) (seeds {TUNING_SEED_BASE}+, disjoint from the final seeds). ")
+    if scale.design == "marginal":
+        return text + ("Controls (arms without a rule) tune the learner's optimizer and learning rate; every other "
+                       "arm uses its control's tuned learner settings unchanged and tunes only its rule's own "
+                       "settings (trial 0: the preset's values), so it differs from its control in the rule alone.")
+    return text + ("Every arm tunes the learner's optimizer and learning rate and its own settings. Trial 0 of every "
+                   "arm is the preset's values; trial 1 of every rule arm is the preset with its control's tuned "
+                   "optimizer and learning rate.")
+
+
 def comparison_sections(ctx: Context, arms: list[Arm], tuned: dict[str, dict], results: dict, seeds: list[int],
                         hypotheses: list[Hypothesis], tag: str = "") -> tuple[list[str], list[Path], list]:
     """The standard report body: arms, comparisons, verdicts, tuning, figures, per-seed CSVs."""
@@ -463,6 +541,7 @@ def comparison_sections(ctx: Context, arms: list[Arm], tuned: dict[str, dict], r
     colors = arm_colors(names, controls or "control")
     acc = accuracy_matrix(results, names, seeds)
     comps = compare_hypotheses(results, seeds, hypotheses, ctx.scale.margin, ctx.scale.n_boot)
+    log_arm_summaries(ctx, hypotheses, comps, acc)
     suffix = f"_{tag}" if tag else ""
     files = [write_results_csv(results, ctx.out / f"results{suffix}.csv"),
              write_curves_csv(results, ctx.out / f"curves{suffix}.csv")]
@@ -479,12 +558,7 @@ def comparison_sections(ctx: Context, arms: list[Arm], tuned: dict[str, dict], r
         f"{ctx.name}: paired differences arm − control per hypothesis (dots: seeds; diamond: mean, 95% CI; "
         "grey: ±margin)", colors)
     files += [fig_curves, fig_diffs]
-    tuning = ("Tuning skipped (`--trials 0`): every arm uses the preset's values." if ctx.scale.trials == 0 else
-              f"Every arm was tuned with {ctx.scale.trials} Optuna trials (TPE, seed {ctx.scale.sampler_seed}, median "
-              f"pruner) on the validation split, objective = mean validation accuracy over {ctx.scale.tuning_seeds} "
-              f"tuning seed(s) (seeds {TUNING_SEED_BASE}+, disjoint from the final seeds). Trial 0 of every arm is the "
-              "preset's values; trial 1 of every other arm is the preset with the control's tuned optimizer and "
-              "learning rate.")
+    tuning = tuning_text(ctx.scale)
     tune_lines, tune_files = tuning_section(ctx, arms, tuned, colors, suffix)
     files += tune_files
     sections = [

@@ -2,6 +2,13 @@
 
 Search spaces are dicts of `Param`; every arm shares `SHARED_SPACE` (the learner's optimizer and
 a learning rate in that optimizer's range); rule arms add `RATE_SPACE` and their own parameters.
+
+Two designs (`Scale.design`, named in every report):
+  each      every arm tunes SHARED_SPACE and its own space on the same budget (the control's tuned
+            learner settings are one of a rule arm's start trials);
+  marginal  controls (arms without a rule) tune SHARED_SPACE; every other arm takes its control's tuned
+            learner settings as fixed and tunes only its own space, on the same budget, so that an arm
+            differs from its control in the rule alone.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from studies.workqueue import (
 )
 
 TUNING_SEED_BASE = 10_000  # tuning seeds: 10000, 10001, ... (never a final seed)
+DESIGNS = ("each", "marginal")  # see the module docstring
 
 
 @dataclass
@@ -64,6 +72,16 @@ def suggest_params(trial, space: dict[str, Param]) -> dict:
 RATE_SPACE = {"rate": Param("float", 1e-5, 1e-1, log=True)}  # every arm with a local rule
 RULE_LR_SPACE = {"rule_lr": Param("float", 1e-5, 1e-1, log=True)}  # arms with a trainable meta-learner
 
+
+
+def is_control(arm) -> bool:
+    """An arm without a local rule: it tunes the learner's settings under every design."""
+    return arm.overrides.get("rule", "none") == "none"
+
+
+def tuned_first(arms) -> list:
+    """Arms in tuning order: the controls first (they warm-start or fix the others), then the rest."""
+    return sorted(arms, key=lambda a: not is_control(a))
 
 
 def start_params(ctx, arm, space: dict, warm: dict | None) -> list[dict]:
@@ -142,24 +160,33 @@ def tune_arm(ctx, arm, warm: dict | None = None) -> dict:
     the same sampler seed). The suggestion for slot s comes from a sampler seeded from (sampler seed, s) over
     the finished trials only, so a study resumed after a kill asks exactly what an uninterrupted one would
     (one worker; with several, the history a slot sees depends on timing).
+
+    Under design "marginal" a rule arm takes the shared (learner) params of `warm` as fixed, tunes only its own
+    space (slot 0: the preset's values) and returns the fixed params merged with its chosen ones.
     """
     import optuna
 
     TS = states()
-    space = {**SHARED_SPACE, **arm.space}
     n = ctx.scale.trials
+    marginal = ctx.scale.design == "marginal" and not is_control(arm)
+    fixed = {k: v for k, v in (warm or {}).items() if k in SHARED_SPACE} if marginal else {}
+    space = dict(arm.space) if marginal else {**SHARED_SPACE, **arm.space}
     if n == 0:
-        return {"params": {}, "value": None, "trials": 0, "note": "tuning skipped (--trials 0): preset values"}
+        return {"params": fixed, "value": None, "trials": 0, "note": "tuning skipped (--trials 0): preset values"
+                + (" with the control's learner settings" if fixed else "")}
+    if not space:
+        return {"params": fixed, "value": None, "trials": 0,
+                "note": "nothing of its own to tune (design marginal): the control's learner settings"}
     name = f"{ctx.name}:tune:{arm.name}"
     study = optuna.create_study(
         study_name=name, storage=ctx.storage, load_if_exists=True, direction="maximize",
         sampler=slot_sampler(ctx.scale, 0, arm.name),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1))
-    starts = start_params(ctx, arm, space, warm)
+    starts = start_params(ctx, arm, space, None if marginal else warm)
 
     def objective(trial):
         params = suggest_params(trial, space)
-        cfg = arm.config(ctx.base, params)
+        cfg = arm.config(ctx.base, {**fixed, **params})
         accs, step = [], 0
         for k in range(ctx.scale.tuning_seeds):
             seed = TUNING_SEED_BASE + k
@@ -171,7 +198,9 @@ def tune_arm(ctx, arm, warm: dict | None = None) -> dict:
                 trial.report(ev["val_acc"], step)
                 step += 1
                 if trial.should_prune():
-                    raise optuna.TrialPruned()
+                    stop = optuna.TrialPruned()
+                    stop.run_status = "pruned"  # hat.trainer: the run ends FINISHED, tagged pruned (not KILLED)
+                    raise stop
 
             res = ctx.train(cfg.replace(seed=seed), {**arm.tags, "arm": arm.name, "rule": cfg.rule, "seed": seed, "phase": "tune",
                                                     "trial": trial.number, "hypothesis": arm.hypothesis},
@@ -194,22 +223,40 @@ def tune_arm(ctx, arm, warm: dict | None = None) -> dict:
         study.sampler = slot_sampler(ctx.scale, slot, arm.name)  # sampling is lazy: the first suggest uses this one
         fault_point("claim", "tune")
         try:
-            with Heartbeat(ctx.storage, trial._trial_id), unit_scope(ctx.storage, name, trial, "tune"):
+            with Heartbeat(ctx.storage, trial._trial_id), unit_scope(ctx.storage, name, trial, "tune") as unit:
                 value = objective(trial)
         except optuna.TrialPruned:
             study.tell(trial, state=TS.PRUNED)
+            last = ctx.storage.get_trial(trial._trial_id).intermediate_values
+            record_objective(ctx, unit.runs, "pruned", last[max(last)] if last else None, trial.number)
             continue
         except BaseException:
             study.tell(trial, state=TS.FAIL)  # not counted: its slot is claimed again
             raise
         fault_point("unit", "tune")
         study.tell(trial, value)
+        record_objective(ctx, unit.runs, "complete", value, trial.number)
     held = _held_slots(study.get_trials(deepcopy=False), n)
     complete = [held[s] for s in range(n) if held[s].state == TS.COMPLETE and held[s].value is not None]
     if not complete:
-        return {"params": {}, "value": None, "trials": n, "note": "every trial was pruned: preset values"}
+        return {"params": fixed, "value": None, "trials": n, "note": "every trial was pruned: preset values"}
     best = max(complete, key=lambda t: t.value)  # ties: the lowest slot
-    return {"params": best.params, "value": best.value, "trials": n, "trial": best.number}
+    return {"params": {**fixed, **best.params}, "value": best.value, "trials": n, "trial": best.number}
+
+
+def record_objective(ctx, run_ids: list[str], state: str, value: float | None, number: int) -> None:
+    """Tag a finished trial's MLflow runs with its state (complete or pruned) and log its objective (`trial_objective`:
+    the trial's value, or for a pruned trial the last validation accuracy it reported); never raises."""
+    if ctx.tracker is None:
+        return
+    for run_id in run_ids:
+        try:
+            run = ctx.tracker.run(run_id)
+            run.set_tags({"trial_state": state, "trial": number})
+            if value is not None and np.isfinite(value):
+                run.log_metrics({"trial_objective": float(value)}, 0)
+        except Exception as e:
+            print(f"warning: run {run_id}: trial objective not logged ({type(e).__name__}: {e})")
 
 
 def _preset_value(cfg: TrainConfig, key: str):
@@ -223,9 +270,10 @@ def _preset_value(cfg: TrainConfig, key: str):
 
 
 def tune_all(ctx, arms, bar) -> dict[str, dict]:
+    """Tune every arm, controls first; a rule arm gets its control's (`arm.control`) tuned params as `warm`."""
     tuned = {}
-    for arm in sorted(arms, key=lambda a: a.name != "control"):  # the control first: it warm-starts the others
-        warm = tuned.get("control", {}).get("params") if arm.name != "control" else None
+    for arm in tuned_first(arms):
+        warm = None if is_control(arm) else tuned.get(arm.control, {}).get("params")
         tuned[arm.name] = tune_arm(ctx, arm, warm)
         bar.update(ctx.scale.trials * ctx.scale.tuning_seeds)
     return tuned

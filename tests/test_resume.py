@@ -109,12 +109,22 @@ def test_killed_study_resumes_to_the_same_answer(tmp_path):
     status = [r.info.status for r in runs]
     assert "RUNNING" not in status, [(r.data.tags.get("mlflow.runName"), r.info.status) for r in runs
                                      if r.info.status == "RUNNING"]
-    # KILLED by a kill, not by the pruner (a pruned tuning run also ends KILLED, tagged failure_reason=TrialPruned;
-    # how many are pruned depends on the sampled configurations, the same in both studies)
-    killed_runs = [r for r in runs if r.info.status == "KILLED" and r.data.tags.get("failure_reason") != "TrialPruned"]
+    # KILLED only by a kill: a pruned tuning run ends FINISHED, tagged status=pruned, with its trial's state and
+    # objective (how many are pruned depends on the sampled configurations, the same in both studies)
+    killed_runs = [r for r in runs if r.info.status == "KILLED"]
     assert len(killed_runs) == MID_TRAINING_KILLS, [(r.data.tags.get("mlflow.runName"), r.data.tags) for r in killed_runs]
-    pruned = [r for r in runs if r.data.tags.get("failure_reason") == "TrialPruned"]
-    assert len(pruned) == sum(r.data.tags.get("failure_reason") == "TrialPruned" for r in _runs(straight))
+    pruned = [r for r in runs if r.data.tags.get("status") == "pruned"]
+    assert len(pruned) == sum(r.data.tags.get("status") == "pruned" for r in _runs(straight))
+    assert all(r.info.status == "FINISHED" and r.data.tags.get("trial_state") == "pruned" for r in pruned)
+    tuned = [r for r in runs if r.data.tags.get("phase") == "tune" and r.info.status == "FINISHED"
+             and "unit_result" not in r.data.tags]
+    assert tuned and all("trial_objective" in r.data.metrics or r.data.tags.get("status") == "diverged"
+                         for r in tuned if r.data.tags.get("trial_state") == "complete")
+    # study -> arm -> run: one arm parent per arm (and one for phase 1), each under the study's parent, finished
+    arm_parents = [r for r in runs if r.data.tags.get("phase") == "arm"]
+    assert sorted(r.data.tags["arm"] for r in arm_parents) == sorted(
+        r.data.tags["arm"] for r in _runs(straight) if r.data.tags.get("phase") == "arm")
+    assert all(r.info.status == "FINISHED" for r in arm_parents)
     lost = [r for r in runs if "unit_result" in r.data.tags]
     assert len(lost) == MID_TRAINING_KILLS + 1 and sum(r.info.status == "FINISHED" for r in lost) == 1
     parents = [r for r in runs if r.data.tags.get("phase") == "study"]

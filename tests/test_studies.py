@@ -284,6 +284,51 @@ def test_tune_arm_warm_starts_from_the_control(tmp_path):
     assert out["value"] == max(t.value for t in study.trials)
 
 
+def test_marginal_design_fixes_the_controls_learner_settings(tmp_path):
+    """Design marginal: every run of a rule arm uses its own control's tuned optimizer and lr, only the rule's
+    rate varies, the arm keeps its full budget, and the returned params hold the fixed learner settings."""
+    import optuna
+
+    from hat.config import ConfigError, TrainConfig
+    from hat.trainer import RunResult
+    from studies import common, labels, tuning, workqueue
+
+    seen = {}
+
+    class StubContext(common.Context):
+        def train(self, cfg, tags, run_name, callback=None, observer=None, evaluate_test=True):
+            seen.setdefault(tags["arm"], []).append((cfg.optimizer, cfg.lr, cfg.rate))
+            # the control prefers sgd at lr near 0.05; the rule arm prefers a large rate
+            score = 50.0 + (10.0 if cfg.optimizer == "sgd" else 0.0) - abs(np.log10(cfg.lr / 0.05)) + 100 * cfg.rate
+            return RunResult(status="ok", val_acc=score, test_acc=0.0)
+
+    scale = common.Scale(trials=5, tuning_seeds=1, design="marginal")
+    ctx = StubContext("t", "marg", scale, TrainConfig(optimizer="adam", lr=1e-3, rate=1e-3),
+                      workqueue.open_storage(f"sqlite:///{tmp_path}/optuna.db"), None, None, tmp_path, None, False)
+
+    class Bar:
+        def update(self, n):
+            pass
+
+    arms = labels.build_arms((0.5, 1.0))
+    tuned = tuning.tune_all(ctx, arms, Bar())
+    assert [a.name for a in tuning.tuned_first(arms)][:2] == ["control@0.5", "control@1"]
+    for t in ("0.5", "1"):
+        control = tuned[f"control@{t}"]["params"]
+        fixed_lr = control[f"lr_{control['optimizer']}"]
+        runs = seen[f"hat@{t}"]
+        assert len(runs) == 5 and tuned[f"hat@{t}"]["trials"] == 5
+        assert {(o, lr) for o, lr, _ in runs} == {(control["optimizer"], fixed_lr)}
+        assert len({rate for *_, rate in runs}) == 5 and runs[0][2] == 1e-3  # slot 0: the preset's rate
+        study = optuna.load_study(study_name=f"marg:tune:hat@{t}", storage=f"sqlite:///{tmp_path}/optuna.db")
+        assert all(set(tr.params) == {"rate", "rule_lr"} for tr in study.trials)
+        chosen = tuned[f"hat@{t}"]["params"]
+        assert {k: chosen[k] for k in control} == control and chosen["rate"] == max(r for *_, r in runs)
+    with pytest.raises(ConfigError, match="--design joint"):
+        common.validate_scale(common.Scale(design="joint"))
+    assert common.validate_scale(common.Scale()).design == "each"
+
+
 def test_unit_finished_after_its_trial_was_reclaimed_is_kept(tmp_path):
     """If another worker failed a slow unit's trial as stale, the finished result is still recorded once."""
     import optuna

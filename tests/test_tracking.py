@@ -148,6 +148,27 @@ def test_interrupted_run_is_killed_in_mlflow(toy_data, tmp_path, shared_tracking
     assert run.data.tags["mlflow.parentRunId"] == parent.run_id
 
 
+def test_stopped_on_purpose_is_finished_with_its_status(toy_data, tmp_path, shared_tracking_uri):
+    """An exception with `run_status` (a pruned trial) ends the run FINISHED with that status tag, not KILLED."""
+    from mlflow.tracking import MlflowClient
+
+    class Pruned(Exception):
+        run_status = "pruned"
+
+    def callback(ev):
+        if ev["step"] > 0:
+            raise Pruned
+
+    tracker = Tracker(shared_tracking_uri)
+    with pytest.raises(Pruned):
+        train(toy_cfg(), data=toy_data, tracker=tracker, out_dir=tmp_path, progress=False, callback=callback,
+              run_name="pruned-child")
+    client = MlflowClient(tracking_uri=shared_tracking_uri)
+    (run,) = [r for r in client.search_runs([tracker.experiment_id]) if r.info.run_name == "pruned-child"]
+    assert run.info.status == "FINISHED" and run.data.tags["status"] == "pruned"
+    assert "failure_reason" not in run.data.tags
+
+
 def test_fresh_store_in_new_folder(tmp_path):
     """A store in a folder that does not exist yet is created; its experiment and artifact root live beside it."""
     from mlflow.tracking import MlflowClient
@@ -158,3 +179,24 @@ def test_fresh_store_in_new_folder(tmp_path):
     exp = MlflowClient(tracking_uri=uri).get_experiment(a.experiment_id)
     assert exp.name == "hat"
     assert Path(exp.artifact_location.replace("file://", "")) == (tmp_path / "new" / "dir" / "artifacts").resolve()
+
+
+def test_fresh_store_has_no_stray_default_experiment(tmp_path, monkeypatch):
+    """The UI lists only the suite's experiment: the empty Default one a new SQLite store starts with (artifact
+    folder ./mlruns/0) is deleted, and no mlruns/ folder appears; a Default holding runs is left alone."""
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/store/mlflow.db"
+    tracker = Tracker(uri)
+    client = MlflowClient(tracking_uri=uri)
+    assert [e.name for e in client.search_experiments()] == ["hat"]
+    assert client.get_experiment("0").lifecycle_stage == "deleted"
+    tracker.start_run("one").finish()
+    assert not (tmp_path / "mlruns").exists()
+
+    other = f"sqlite:///{tmp_path}/other/mlflow.db"
+    used = MlflowClient(tracking_uri=other)
+    used.create_run("0")  # someone's run in Default
+    Tracker(other)
+    assert used.get_experiment("0").lifecycle_stage == "active"
