@@ -64,18 +64,27 @@ def save_snapshot(rule: MLPRule, path: str | Path, **meta) -> Path:
     return path
 
 
+def fetch_snapshot(uri: str, folder: str | Path | None = None) -> Path:
+    """Download the snapshot at a `runs:/` or `mlflow-artifacts:/` URI (its .pt and .json) into `folder` (a
+    temporary one by default); the local .pt path. SnapshotError (one line) when it cannot be fetched."""
+    from hat.tracking import check_mlflow
+
+    mlflow = check_mlflow()
+    dst = None if folder is None else str(Path(folder))
+    if dst is not None:
+        Path(dst).mkdir(parents=True, exist_ok=True)
+    try:
+        pt = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst))
+        mlflow.artifacts.download_artifacts(artifact_uri=uri[: -len(".pt")] + ".json", dst_path=str(pt.parent))
+    except Exception as e:
+        raise SnapshotError(f"snapshot {uri} could not be fetched from MLflow ({_first_line(e)})") from None
+    return pt
+
+
 def _resolve(path: str | Path) -> Path:
     s = str(path)
     if s.startswith("runs:/") or s.startswith("mlflow-artifacts:/"):
-        from hat.tracking import check_mlflow
-
-        mlflow = check_mlflow()
-        try:
-            pt = Path(mlflow.artifacts.download_artifacts(artifact_uri=s))
-            mlflow.artifacts.download_artifacts(artifact_uri=s[: -len(".pt")] + ".json", dst_path=str(pt.parent))
-        except Exception as e:
-            raise SnapshotError(f"snapshot {s} could not be fetched from MLflow ({_first_line(e)})") from None
-        return pt
+        return fetch_snapshot(s)
     return Path(path)
 
 

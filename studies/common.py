@@ -72,10 +72,12 @@ def control_arm() -> Arm:
 
 
 def rule_arm(name: str, rule: str, rule_params: dict | None = None, extra_space: dict | None = None,
-             hypothesis: str = "", **overrides) -> Arm:
-    """An arm with a local rule: its rate is tuned, plus `extra_space`."""
+             hypothesis: str = "", control: str = "control", **overrides) -> Arm:
+    """An arm with a local rule: its rate is tuned, plus `extra_space`; `control` names the arm it is compared with
+    (its tuned learner settings warm-start this arm's tuning, or fix them under design marginal)."""
     space = {**RATE_SPACE, **(extra_space or {})}
-    return Arm(name, {"rule": rule, "rule_params": dict(rule_params or {}), **overrides}, space, hypothesis)
+    return Arm(name, {"rule": rule, "rule_params": dict(rule_params or {}), **overrides}, space, hypothesis,
+               control=control)
 
 
 
@@ -199,7 +201,10 @@ def base_config_from_args(args, scale: Scale, defaults: dict | None = None) -> T
 def result_dict(res, keep_curve: bool = True) -> dict:
     curve = [{k: e[k] for k in ("epoch", "step", "seconds", "train_loss", "val_acc", "test_acc")} for e in res.curve]
     out = {"status": res.status, "reason": res.reason, "val_acc": res.val_acc, "test_acc": res.test_acc,
-           "seconds": res.seconds, "run_id": res.run_id, "snapshots": res.snapshots}
+           "seconds": res.seconds, "run_id": res.run_id, "snapshots": res.snapshots,
+           # the same snapshots as MLflow artifacts, for workers that do not share this one's files
+           "snapshot_uris": [f"runs:/{res.run_id}/snapshots/{Path(p).name}" for p in res.snapshots] if res.run_id
+           else []}
     if keep_curve:
         out["curve"] = curve
     return out
@@ -263,6 +268,39 @@ class Context:
                 self.tracker.run(run_id).finish(status)
             except Exception:
                 pass
+
+    def snapshot(self, result: dict, index: int = -1) -> str:
+        """A local path of the `index`-th snapshot of a unit's result: the file its worker wrote, where this machine
+        has it, else a copy fetched from MLflow (the run's `snapshots/` artifacts) into `<out>/snapshots/` (a worker
+        on another machine, or with an empty --out, shares nothing but the two servers)."""
+        from rules.snapshot import SnapshotError, fetch_snapshot
+
+        path = Path(result["snapshots"][index])
+        if path.is_file() and path.with_suffix(".json").is_file():
+            return str(path)
+        uris = result.get("snapshot_uris") or []
+        if not uris or self.tracker is None:
+            raise SnapshotError(f"snapshot {path} is not on this machine and its run logged no copy to MLflow")
+        local = self.out / "snapshots" / path.name
+        if not (local.is_file() and local.with_suffix(".json").is_file()):
+            fetch_snapshot(uris[index], local.parent)
+        return str(local)
+
+    def inputs_sample(self, result: dict) -> str:
+        """A local path of a rule_form unit's input sample (.npz): its worker's file where this machine has it, else
+        the copy logged to MLflow (`inputs/` of the run) fetched into `<out>/inputs/`."""
+        from hat.tracking import check_mlflow
+
+        path = Path(result["inputs"])
+        if path.is_file():
+            return str(path)
+        local = self.out / "inputs" / path.name
+        if not local.is_file():
+            if not result.get("inputs_uri") or self.tracker is None:
+                raise FileNotFoundError(f"input sample {path} is not on this machine and its run logged no copy")
+            local.parent.mkdir(parents=True, exist_ok=True)
+            check_mlflow().artifacts.download_artifacts(artifact_uri=result["inputs_uri"], dst_path=str(local.parent))
+        return str(local)
 
     def _guard(self, fn):
         import optuna
@@ -450,9 +488,12 @@ def run_replicates(ctx: Context, arms: list[Arm], tuned: dict[str, dict], seeds:
         else:
             res = ctx.train_population(cfg, spec["seeds"], tags, f"{phase} {arm.name}")
         bar.update(len(res))
+        ran.add(key)
         return {str(s): result_dict(r) for s, r in zip(spec["seeds"], res)}
 
+    ran: set[str] = set()
     done = run_units(ctx.storage, f"{ctx.name}:{phase}", units, fn)
+    bar.update(sum(len(v["seeds"]) for k, v in units.items() if k not in ran))  # done earlier or by other workers
     return {(v["arm"], s): done[k][str(s)] for k, v in units.items() for s in v["seeds"]}
 
 
@@ -466,9 +507,12 @@ def train_meta_learners(ctx: Context, snapshot_epochs, bar=progress.NO_BAR) -> d
         res = ctx.train(cfg.replace(seed=spec["seed"]), {"arm": "hat", "rule": "mlp", "seed": spec["seed"],
                                                          "phase": "phase1"}, f"phase1 hat s{spec['seed']}")
         bar.update(1)
+        ran.add(key)
         return result_dict(res)
 
+    ran: set[str] = set()
     done = run_units(ctx.storage, f"{ctx.name}:phase1", units, fn)
+    bar.update(len(units) - len(ran))  # done earlier (a resumed study) or by other workers: the bar still ends full
     ok = [r for r in done.values() if r["status"] == "ok"]
     if not ok:
         msg = "phase 1: every HAT run diverged; no meta-learner to freeze (see MLflow for reasons)"
@@ -476,7 +520,8 @@ def train_meta_learners(ctx: Context, snapshot_epochs, bar=progress.NO_BAR) -> d
         raise SystemExit(msg)
     snaps: dict[int, dict[float, str]] = {}
     for r in ok:
-        for p in r["snapshots"]:
+        for i in range(len(r["snapshots"])):
+            p = ctx.snapshot(r, i)
             meta = json.loads(Path(p).with_suffix(".json").read_text())
             snaps.setdefault(meta["seed"], {})[meta["epoch"]] = p
     return snaps

@@ -10,7 +10,8 @@ and, read off the paired difference curve (not part of the Holm family):
                paired validation difference turns positive, and stays so, at or after 0.5 epochs
 Also reported: epochs and wall-clock seconds to reach a target validation accuracy.
 
-Run:   python -m studies.epochs                  # quick preset
+Run:   python -m studies.epochs                  # quick preset, ~3.5 min on a 2-core CPU
+       python -m studies.epochs --preset cpu     # the published answer (docs/results/epochs): 13 min
        python -m studies.epochs --preset paper   # paper scale, for a GPU
 """
 

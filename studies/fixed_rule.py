@@ -15,6 +15,7 @@ noise of matched norm, or the pointwise mean of the final meta-learners beat
 the control.
 
 Run:   python -m studies.fixed_rule                   # quick preset, ~5 min on a 2-core CPU (4 min 20 s measured)
+       python -m studies.fixed_rule --preset cpu      # the published answer (docs/results/fixed_rule): 29 min
        python -m studies.fixed_rule --preset paper    # paper scale, for a GPU
        python -m studies.fixed_rule --snapshots runs/fixed_rule-quick/snapshots   # reuse phase 1
 """

@@ -15,10 +15,12 @@ Logs of every worker: `<out>/workers/` (`--launch-dir`).
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from hat.tracking import REPO_ROOT
@@ -126,6 +128,58 @@ def executor(args, folder: Path, name: str):
     return ex
 
 
+SQUEUE_EVERY_S = 15  # how often the launcher asks squeue whether its jobs are still queued or running
+GONE_GRACE_S = 15  # a job no longer in squeue counts as ended this long after, result file or not
+
+
+def _queued_jobs() -> set[str] | None:
+    """Ids of this user's SLURM jobs still pending or running (squeue --me); None when squeue fails."""
+    try:
+        out = subprocess.run(["squeue", "--me", "-h", "-o", "%i"], capture_output=True, text=True, timeout=60,
+                             check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return set(out.split())
+
+
+def wait_for(jobs: list, slurm: bool) -> list:
+    """Wait until every job has ended; the failed ones as (job, one-line reason).
+
+    On SLURM, submitit learns that a job ended without a result from sacct, which fails where the cluster keeps no
+    accounting (no slurmdbd): a worker cancelled, timed out or killed before writing its result would be waited for
+    forever. So a job that squeue no longer lists counts as ended GONE_GRACE_S later (time for its result file)."""
+    gone: dict[str, float] = {}
+    asked = 0.0
+    while True:
+        now = time.time()
+        pending = [j for j in jobs if now - gone.get(j.job_id, now) < GONE_GRACE_S and not j.done()]
+        if not pending:
+            break
+        if slurm and now - asked >= SQUEUE_EVERY_S:
+            queued, asked = _queued_jobs(), now
+            for j in pending:
+                if queued is not None and j.job_id not in queued:
+                    gone.setdefault(j.job_id, now)
+        time.sleep(1)
+    failed = []
+    for j in jobs:
+        if not j.done():
+            failed.append((j, "it left the SLURM queue without a result: cancelled, timed out or killed"))
+            continue
+        try:
+            j.result()
+        except Exception as e:
+            failed.append((j, _reason(e)))
+    return failed
+
+
+def _reason(e: Exception) -> str:
+    """One line for a failed job: the last `SomeError: ...` line of its message (submitit's ends with log paths)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    errors = [ln for ln in lines if re.match(r"[\w.]+(Error|Exception|Interrupt|Exit): ", ln)]
+    return (errors or lines or [type(e).__name__])[-1]
+
+
 def launch(args, name: str, out: Path) -> list:
     """Submit args.workers copies of the study's command and wait for them; returns the finished jobs. A failed
     worker is reported (its log folder) and the launching command then finishes its units itself."""
@@ -140,14 +194,8 @@ def launch(args, name: str, out: Path) -> list:
                           f"{str(e).strip().splitlines()[-1] if str(e).strip() else e})") from None
     print(f"[hat] launched {len(jobs)} {args.launch} worker(s): jobs {', '.join(str(j.job_id) for j in jobs)}; "
           f"logs in {folder}; waiting for them", flush=True)
-    failed = []
-    for j in jobs:
-        try:
-            j.result()
-        except Exception as e:
-            failed.append((j, e))
-    for j, e in failed:
-        last = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+    failed = wait_for(jobs, slurm=args.launch == "slurm")
+    for j, last in failed:
         print(f"[hat] worker job {j.job_id} failed ({last}); its log: {j.paths.stderr}", file=sys.stderr)
     print(f"[hat] {len(jobs) - len(failed)} of {len(jobs)} workers finished", flush=True)
     return jobs

@@ -124,15 +124,30 @@ def _probe(fn, fallback):
         return fallback(f"unknown ({type(e).__name__}: {e})")
 
 
-def wall_time(ctx: Context) -> str:
-    """Time from the start of the study's parent run to now (a resumed study includes its pauses)."""
-    def measure():
-        import time
+def run_span(ctx: Context) -> dict:
+    """From the tracking store: {"wall": the study's parent-run start to the end of its last finished run (s), "runs":
+    runs finished, "commits": {git commit: runs}} (the commits the runs were made at; a report rebuilt later from
+    stored results names them here, next to the commit it was rendered at)."""
+    parent = ctx.tracker.client.get_run(ctx.parent_id)
+    runs = ctx.tracker.client.search_runs([ctx.tracker.experiment_id], f"tags.study_name = '{ctx.name}'",
+                                          max_results=50000)
+    ended = [r for r in runs if r.info.end_time and r.info.run_id != ctx.parent_id and r.data.tags.get("phase") != "arm"]
+    commits: dict[str, int] = {}
+    for r in ended:
+        c = r.data.tags.get("git_commit", "unknown")
+        commits[c] = commits.get(c, 0) + 1
+    last = max((r.info.end_time for r in ended), default=parent.info.start_time)
+    return {"wall": (last - parent.info.start_time) / 1000.0, "runs": len(ended), "commits": commits}
 
-        start = ctx.tracker.client.get_run(ctx.parent_id).info.start_time / 1000.0
-        m, s = divmod(int(round(time.time() - start)), 60)
-        return f"{m // 60} h {m % 60:02d} min {s:02d} s since the study's parent run started (includes any pause " \
-               "between resumes)"
+
+def wall_time(ctx: Context) -> str:
+    """The study's wall time and the commits its runs were made at, from the tracking store."""
+    def measure():
+        span = run_span(ctx)
+        m, s = divmod(int(round(span["wall"])), 60)
+        made = ", ".join(f"`{c[:12]}` ({n})" for c, n in sorted(span["commits"].items(), key=lambda kv: -kv[1]))
+        return (f"{m // 60} h {m % 60:02d} min {s:02d} s from the parent run's start to the end of its last run "
+                f"(includes any pause between resumes); {span['runs']} runs, made at commit {made or 'none'}")
     if ctx.tracker is None or not ctx.parent_id:
         return "unknown (no tracking store)"
     return _probe(measure, lambda why: why)
@@ -253,6 +268,57 @@ LEGEND = {
     "relative to |R|": "distance to previous / mean |R(t)|",
     "per epoch": "distance to previous / time since the previous snapshot",
     "distance to final": "functional distance between the rule at t and the final rule",
+    # rule league
+    "rank": "position by Δ vs control",
+    "kind": "meta-learned (trained alongside the learner), fixed (a rule of the literature with a tuned rate) or "
+            "the control",
+    "Δ vs control": "mean paired test-accuracy difference, arm − control, accuracy points",
+    "failed": "diverged runs of the arm / of the control, scored as chance accuracy",
+    "mean rank": "expected rank of the arm over bootstrap resamples of the seeds (1 = best)",
+    "P(rank 1)": "share of bootstrap resamples of the seeds in which the arm ranks first",
+    # dose-response
+    "rule": "the local rule",
+    "rate": "the rule's rate (its update is rate × the rule's output); `matched`: the rate giving the meta-learned "
+            "rule's relative magnitude",
+    "Δ test acc": "mean paired test-accuracy difference, rule at this rate − control, accuracy points",
+    "ρ (rel. update norm)": "‖local update‖ / ‖optimizer step‖, mean over the run and its seeds",
+    "note": "why the row is there (the control, or the matched-magnitude rate)",
+    "matched rate": "the rate at which the rule's ρ equals the meta-learned rule's ρ_M",
+    "ρ_R at r_ref =": "the rule's ρ at the reference rate r_ref (mean over seeds)",
+    "ρ_R at the matched rate (target ρ_M)": "the rule's ρ measured at the matched rate; the target is ρ_M",
+    "best grid rate (val)": "the grid rate with the best mean validation accuracy",
+    "all seeds diverged from": "the smallest grid rate at which every seed diverged",
+    # rule form
+    "fit": "the fitted function of (v_i, w_ij, v_j): a polynomial of the given degree, or the paper's a + b·v_j",
+    "terms": "number of terms (monomials) of the fit",
+    "held-out R² (mean rule)": "R² of the fit to the pointwise mean rule on held-out inputs",
+    "held-out R² mean over M_i": "the same fit to each meta-learner M_i, R² averaged over the M_i",
+    "min over M_i": "the lowest held-out R² of a single M_i",
+    "in-sample R² (mean rule)": "R² of the fit to the mean rule on the inputs it was fitted on",
+    "term": "a monomial of the linear fit",
+    "mean rule": "its coefficient in the fit of the pointwise mean rule",
+    "mean over M_i": "its coefficient averaged over the fits of each M_i",
+    "95% CI (t, over M_i)": "95% t interval of that average across the M_i",
+    "sd over M_i": "standard deviation of the coefficient across the M_i",
+    "layer": "the learner layer whose synapses the inputs come from (all: pooled)",
+    "input": "one input of the rule: v_i (pre), w_ij or v_j (post)",
+    "mean": "mean of the input over the sample",
+    "sd": "standard deviation of the input over the sample",
+    "1%": "1st percentile of the input over the sample",
+    "median": "median of the input over the sample",
+    "99%": "99th percentile of the input over the sample",
+    # transfer
+    "pair": "two problems whose meta-learners are compared (or one problem's seeds among themselves)",
+    "distance: mean [min, max]": "functional distance between meta-learners of the two problems: mean and range",
+    "within-problem reference": "the same distance between meta-learners of one problem (different seeds)",
+    "ratio": "mean between-problem distance / mean within-problem distance",
+    "perm. p (between > within)": "permutation-test p-value of 'between-problem distances exceed within-problem ones'",
+    "smallest attainable p": "the smallest p-value the permutation test can give with these many rules",
+    "rules": "meta-learners entering the comparison",
+    "source problem": "the problem the frozen meta-learner was trained on",
+    "target problem": "the problem the fresh learner trains on",
+    "Δ test acc vs control": "mean paired test-accuracy difference, frozen source rule − control on the target",
+    "rule distance (source, target)": "functional distance between the source's and the target's meta-learners",
 }
 
 
@@ -298,6 +364,11 @@ def legend_entry(header: str, extra: dict[str, str] | None = None) -> str | None
         if header.startswith(k + " "):
             return v
     return None
+
+
+def unexplained_columns(text: str, extra: dict[str, str] | None = None) -> list[str]:
+    """The table columns of `text` that the legend cannot explain (a report should have none)."""
+    return [h for h in table_headers(text) if not legend_entry(h, extra)]
 
 
 def legend_lines(text: str, extra: dict[str, str] | None = None) -> list[str]:
@@ -409,7 +480,8 @@ def finish_report(ctx: Context, title: str, doc: str, sections: list[str], files
     summary = (["## Verdicts at a glance", "", stats.format_table(verdicts), "",
                 "Details, and every statistic behind them, in the sections below.", ""] if verdicts else [])
     head = [f"# {title}", "", *provenance_lines(ctx), *summary,
-            "## Settings", "", f"Study `{ctx.name}` (module `studies.{ctx.study}`), preset `{ctx.scale.train_preset}`, "
+            "## Settings", "", f"Study `{ctx.name}` (module `studies.{ctx.study}`), study preset "
+            f"`{getattr(ctx.args, 'preset', None) or '?'}`, training preset `{ctx.scale.train_preset}`, "
             f"tuning design `{ctx.scale.design}`.",
             "", settings_table(ctx), "",
             "## About this study", "", doc.strip(), "", "## Verdict rule", "", "```", stats.VERDICT_RULE.strip(), "```",

@@ -94,6 +94,10 @@ def train_and_collect(ctx: common.Context, cfg, tags: dict, run_name: str, sampl
         arrays[f"epoch{layer}"] = np.concatenate([e for _, e in p])  # (n,)
     np.savez(path, **arrays)
     out["inputs"] = str(path)
+    out["inputs_uri"] = None
+    if ctx.tracker is not None and res.run_id:  # for workers that do not share this one's files
+        ctx.tracker.run(res.run_id).log_artifact(path, "inputs")
+        out["inputs_uri"] = f"runs:/{res.run_id}/inputs/{path.name}"
     out["evaluations"] = len(states)
     return out
 
@@ -336,10 +340,10 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("every HAT run diverged; no meta-learner to analyse (see MLflow for reasons)")
     keys = sorted(ok)
     names = [f"M_{k.split('|')[1]}" for k in keys]
-    members = [rule_from_snapshot(ok[k]["snapshots"][-1]) for k in keys]
+    members = [rule_from_snapshot(ctx.snapshot(ok[k])) for k in keys]
     uses_grad = any(m.uses_grad for m in members)
     fns = [ra.rule_fn(m) for m in members]
-    X, layer, _ = load_sample([ok[k]["inputs"] for k in keys], args.pool)
+    X, layer, _ = load_sample([ctx.inputs_sample(ok[k]) for k in keys], args.pool)
     Y = np.array([ra.evaluate_rule(f, X) for f in fns])  # (N, n)
     y_mean = Y.mean(0)
     a = analyse(Y, y_mean, X, layer, ctx.scale.n_boot)

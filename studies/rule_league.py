@@ -192,7 +192,7 @@ def plot_league(rows: list[dict], comps, hyps, rank_p: dict[str, np.ndarray], pa
 # ---------------------------------------------------------------- learned coefficients
 
 
-def learned_coefficients(results: dict, arm: str, seeds: list[int]) -> tuple[list[str], np.ndarray]:
+def learned_coefficients(ctx, results: dict, arm: str, seeds: list[int]) -> tuple[list[str], np.ndarray]:
     """(names, (n_ok, T) coefficients) of `arm`'s final snapshots over the seeds whose run finished."""
     import torch
 
@@ -201,7 +201,7 @@ def learned_coefficients(results: dict, arm: str, seeds: list[int]) -> tuple[lis
         r = results[(arm, s)]
         if r["status"] != "ok" or not r.get("snapshots"):
             continue
-        path = Path(r["snapshots"][-1])
+        path = Path(ctx.snapshot(r))
         coef = torch.load(path, weights_only=True)["coef"].double().numpy()
         if arm == "abcd":  # (L, 4)
             names = [f"{n}_{layer} ({t})" for layer in range(coef.shape[0]) for n, t in zip("ABCD", ABCD_EXPS)]
@@ -222,7 +222,7 @@ def fit_mean_m(ctx, results: dict, seeds: list[int]) -> dict | None:
     from studies import rule_analysis as ra
     from studies.rule_over_time import rule_outputs, sample_rule_inputs
 
-    paths = [results[(REFERENCE, s)]["snapshots"][-1] for s in seeds
+    paths = [ctx.snapshot(results[(REFERENCE, s)]) for s in seeds
              if (REFERENCE, s) in results and results[(REFERENCE, s)]["status"] == "ok"
              and results[(REFERENCE, s)].get("snapshots")]
     if not paths:
@@ -258,7 +258,7 @@ def coefficient_section(ctx, results: dict, tuned: dict, seeds: list[int], famil
     if m_fit is None:
         lines += ["The fit of M is omitted: the `mlp` arm is not in this league or none of its runs finished.", ""]
     for f in shown:
-        names, coef = learned_coefficients(results, f, seeds)
+        names, coef = learned_coefficients(ctx, results, f, seeds)
         rate = _rate(ctx, tuned, f)
         lines += [f"### {f} (rate {rate:.3g}; {len(coef)} run(s))", ""]
         rows = []

@@ -199,7 +199,8 @@ def hyp_key(source: str, target: str) -> str:
 def build_arms(target: str, sources: dict[str, str]) -> list[Arm]:
     """control@B and, per source problem A, A's meta-learner frozen on B (sources: {A: snapshot path})."""
     return [Arm(f"control@{target}", {"rule": "none"}, {})] + [
-        common.rule_arm(arm_name(a, target), "snapshot", {"path": path}, hypothesis=hyp_key(a, target))
+        common.rule_arm(arm_name(a, target), "snapshot", {"path": path}, hypothesis=hyp_key(a, target),
+                        control=f"control@{target}")
         for a, path in sources.items()]
 
 
@@ -237,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     n_units = len(problems) * sc.hat_runs + len(targets) * (1 + len(problems)) * (sc.trials * sc.tuning_seeds + sc.seeds)
     bar = progress.progress_bar(n_units, STUDY, ctx.progress)
     runs = phase1(ctx, problems, datas, args.samples, bar)
-    sources = {p: runs[p][0]["snapshots"][-1] for p in problems}  # the first ok run's final meta-learner
+    sources = {p: ctx.snapshot(runs[p][0]) for p in problems}  # the first ok run's final meta-learner
     arms, tuned, results = [], {}, {}
     for b in targets:
         bctx = dataclasses.replace(ctx, data=datas[b], name=f"{ctx.name}:{b}")
@@ -253,8 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     # distances between every pair of meta-learners on the pooled input sample
     members = [(p, r) for p in problems for r in runs[p]]
     labels = [p for p, _ in members]
-    X, _, _ = rule_form.load_sample([r["inputs"] for _, r in members], args.pool)
-    fns = [ra.rule_fn(rule_from_snapshot(r["snapshots"][-1])) for _, r in members]
+    X, _, _ = rule_form.load_sample([ctx.inputs_sample(r) for _, r in members], args.pool)
+    fns = [ra.rule_fn(rule_from_snapshot(ctx.snapshot(r))) for _, r in members]
     Y = np.array([ra.evaluate_rule(f, X) for f in fns])  # (R, n)
     D = ra.distance_matrix(Y, DISTANCE_P)  # (R, R)
     drows = distance_analysis(D, labels, problems, sc.n_boot)
@@ -270,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     for h, c in zip(hyps, comps):
         a, b = h.arm.split("@")
         dist = within[a].mean() if a == b and len(within[a]) else between.get((a, b), between.get((b, a), float("nan")))
-        xfer_rows.append({"source": a, "target": b, "Δ test acc vs control": c.mean_diff,
+        xfer_rows.append({"source problem": a, "target problem": b, "Δ test acc vs control": c.mean_diff,
                           "95% CI": f"[{c.ci_lo:+.2f}, {c.ci_hi:+.2f}]", "rule distance (source, target)": dist,
                           "verdict": c.verdict})
     head = [

@@ -12,6 +12,8 @@ import pytest
 from scipy import stats as sps
 from test_rule_league import FAILURE, MARGIN, ci, family_stats, needs_data, num, read_results, stores, table_after
 
+from studies.report import unexplained_columns
+
 SEEDS = 3
 RULES = ("converged", "bcm")
 PRESET_RATE = 1e-3  # the smoke preset's rate: H-converged's arm
@@ -46,6 +48,7 @@ def test_dose_response_smoke_end_to_end(tmp_path, capsys):
     printed = capsys.readouterr().out
     out = tmp_path / "out"
     report = (out / "report.md").read_text()
+    assert unexplained_columns(report) == []  # every table column is in the legend
     assert "VERDICT H-converged:" in printed
     results = read_results(out / "results.csv")
     seeds = range(SEEDS)

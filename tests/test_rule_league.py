@@ -13,6 +13,8 @@ import pytest
 from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 
+from studies.report import unexplained_columns
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("HAT_DATA", REPO.parent / "shared" / "data"))
 needs_data = pytest.mark.skipif(not (DATA / "FashionMNIST" / "raw").is_dir(), reason="Fashion-MNIST not available")
@@ -118,7 +120,11 @@ def test_terms_coefficients_are_read_from_snapshots(tmp_path):
         path = save_snapshot(rule, tmp_path / f"terms_seed{s}_epoch1.pt", seed=s, epoch=1.0, step=1)
         results[("terms", s)] = {"status": "ok", "snapshots": [str(path)]}
     results[("terms", 2)] = {"status": "diverged", "snapshots": []}
-    names, coef = learned_coefficients(results, "terms", [0, 1, 2])
+    from hat.config import TrainConfig
+    from studies import common
+
+    ctx = common.Context("rule_league", "t", common.Scale(), TrainConfig(), None, None, None, tmp_path, None)
+    names, coef = learned_coefficients(ctx, results, "terms", [0, 1, 2])
     assert names == ["vi*vj", "vi", "vj", "w", "vj^2*w", "vi*vj*w", "1"]
     assert coef.shape == (2, 7) and np.allclose(coef[1] - coef[0], 0.1)
 
@@ -135,6 +141,7 @@ def test_rule_league_smoke_end_to_end(tmp_path, capsys):
     printed = capsys.readouterr().out
     out = tmp_path / "out"
     report = (out / "report.md").read_text()
+    assert unexplained_columns(report) == []  # every table column is in the legend
     assert "League (ranked):" in printed and "VERDICT H-match-abcd:" in printed
 
     results = read_results(out / "results.csv")

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+from studies.report import unexplained_columns
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("HAT_DATA", REPO.parent / "shared" / "data"))
 needs_data = pytest.mark.skipif(not (DATA / "FashionMNIST" / "raw").is_dir(), reason="Fashion-MNIST not available")
@@ -64,6 +66,7 @@ def test_rule_form_smoke(tmp_path):
     assert rule_form.main(args) == 0
     out = tmp_path / "out"
     report = (out / "report.md").read_text()
+    assert unexplained_columns(report) == []  # every table column is in the legend
     verdicts = dict(VERDICT.findall(report))
     assert set(verdicts) == {"H-linear-vj", "H-linear-vj-each"}
 
@@ -140,6 +143,7 @@ def test_transfer_smoke(tmp_path):
     assert transfer.main(args) == 0
     out = tmp_path / "out"
     report = (out / "report.md").read_text()
+    assert unexplained_columns(report) == []  # every table column is in the legend
     verdicts = dict(VERDICT.findall(report))
     assert set(verdicts) == {"D-fmnist-vs-perm", "D-fmnist-vs-merge5", "D-perm-vs-merge5",
                              "H-fmnist-to-perm", "X-perm-to-perm", "H-merge5-to-perm"}
@@ -149,7 +153,7 @@ def test_transfer_smoke(tmp_path):
     dist = section(report, "Distances between meta-learned rules")
     for pair in ("| fmnist (seeds) |", "| fmnist vs perm |", "| perm vs merge5 |"):
         assert pair in dist, pair
-    assert "| source | target | Δ test acc vs control |" in section(report, "Transfer against rule distance")
+    assert "| source problem | target problem | Δ test acc vs control |" in section(report, "Transfer against rule distance")
 
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))

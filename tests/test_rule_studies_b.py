@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from hat.config import PRESETS, TrainConfig
+from studies.report import unexplained_columns
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("HAT_DATA", REPO.parent / "shared" / "data"))
@@ -312,6 +313,7 @@ def test_rule_over_time_smoke(tmp_path, one_thread):
     assert rule_over_time.main(argv) == 0
     out = tmp_path / "out"
     report = (out / "report.md").read_text()
+    assert unexplained_columns(report) == []  # every table column is in the legend
     v = verdicts(report)
     times = ("0.05", "0.25", "0.5", "1")  # 2 is past the 1-epoch run; its last epoch is added
     assert {"H1", "H3", "H3-replay>control"} | {f"H1-snap@{t}" for t in times} | {f"H3-replay>snap@{t}" for t in times} \
@@ -334,6 +336,7 @@ def test_mean_rule_smoke(tmp_path, one_thread):
                            *stores(tmp_path)]) == 0
     out = tmp_path / "out"
     report = (out / "report.md").read_text()
+    assert unexplained_columns(report) == []  # every table column is in the legend
     v = verdicts(report)
     assert set(v) == {"H2", "H2-individual", "H2-mean", "H2-individual>mean", "X-M0", "X-M1", "X-linear"}
     rows = read_results(out / "results.csv")
@@ -357,6 +360,7 @@ def test_authors_smoke(tmp_path, one_thread):
     assert authors.main(["--preset", "smoke", "--seeds", "2", "--train-limit", "400", *stores(tmp_path)]) == 0
     out = tmp_path / "out"
     report = (out / "report.md").read_text()
+    assert unexplained_columns(report) == []  # every table column is in the legend
     v = verdicts(report)
     opts = ("no_logit_relu", "no_per_sample", "no_grad_input", "adam", "batch50", "sigmoid", "rate1e-3")
     assert set(v) == {"H-logit-relu", "A-gap", "A-bug"} | {f"X-{o}" for o in opts} | {f"R-{o}" for o in opts}

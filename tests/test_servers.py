@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import check_unit_queue
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("HAT_DATA", REPO.parent / "shared" / "data"))
@@ -199,20 +200,7 @@ def test_two_launched_workers_against_postgres_and_a_tracking_server(tmp_path, p
 
     # Optuna: every unit done once, every arm's slots 0..n-1 finished once; both workers did work.
     url = optuna.storages.RDBStorage(storage.replace("postgresql://", "postgresql+psycopg://"))
-    workers, pruned = set(), 0
-    for s in optuna.get_all_study_names(url):
-        trials = optuna.load_study(study_name=s, storage=url).get_trials(deepcopy=False)
-        states = [t.state.name for t in trials]
-        assert "RUNNING" not in states and "WAITING" not in states, (s, states)
-        if ":tune:" in s:
-            assert sorted(t.user_attrs["slot"] for t in trials if t.state.name in ("COMPLETE", "PRUNED")) == [0, 1], s
-            assert "FAIL" not in states, (s, states)
-        else:
-            done = [t.user_attrs["unit"] for t in trials if t.state.name == "COMPLETE"]
-            assert len(done) == len(set(done)), (s, done)
-            pruned += states.count("PRUNED")
-        workers |= {t.user_attrs["worker"].rsplit(":", 2)[1] for t in trials if t.state.name == "COMPLETE"
-                    and ":parent" not in s}
+    workers, pruned = check_unit_queue(url, slots=2)
     assert len(workers) >= 2  # the work was split (the launcher itself found everything done)
 
     # MLflow on the server: one run per tuning trial, replicate and phase-1 run, one parent, none RUNNING.

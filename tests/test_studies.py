@@ -17,6 +17,8 @@ import pytest
 from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 
+from studies.report import unexplained_columns
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("HAT_DATA", REPO.parent / "shared" / "data"))
 pytestmark = pytest.mark.skipif(not (DATA / "FashionMNIST" / "raw").is_dir(), reason="Fashion-MNIST not available")
@@ -50,6 +52,7 @@ def test_fixed_rule_smoke_end_to_end(tmp_path, capsys):
     out = tmp_path / "out"
     assert f"report: {out / 'report.md'}" in printed and "mlflow ui --backend-store-uri" in printed
     report = (out / "report.md").read_text()
+    assert unexplained_columns(report) == []  # every table column is in the legend
     verdicts = {m[0]: (m[1], float(m[2])) for m in VERDICT.findall(report)}
     hyps = fixed_rule.hypotheses()
     assert set(verdicts) == {h.key for h in hyps}
@@ -89,14 +92,18 @@ def test_fixed_rule_smoke_end_to_end(tmp_path, capsys):
         assert word == {(True, False): "SUPPORTED", (True, True): "NEGLIGIBLE", (False, True): "REFUTED",
                         (False, False): "INCONCLUSIVE"}[(effect, below)], h.key
 
-    # MLflow: one parent; tuning and replicate runs are its children, tagged for the compare view.
+    # MLflow: one study parent, one arm parent per arm under it; tuning and replicate runs are children of their
+    # arm's parent, tagged for the compare view.
     parents = mlflow_runs(tmp_path, "tags.phase = 'study'")
     assert len(parents) == 1
     parent = parents[0].info.run_id
+    arm_parents = {r.data.tags["arm"]: r for r in mlflow_runs(tmp_path, "tags.phase = 'arm'")}
+    assert set(arm_parents) == {*arms, "phase1"}
+    assert all(r.data.tags["mlflow.parentRunId"] == parent for r in arm_parents.values())
     reps = mlflow_runs(tmp_path, "tags.phase = 'replicate'")
     assert len(reps) == len(arms) * 3
     for r in reps:
-        assert r.data.tags["mlflow.parentRunId"] == parent
+        assert r.data.tags["mlflow.parentRunId"] == arm_parents[r.data.tags["arm"]].info.run_id
         assert {"study", "arm", "rule", "seed", "hypothesis"} <= set(r.data.tags)
     assert len(mlflow_runs(tmp_path, "tags.phase = 'tune'")) == len(arms) * 2
     assert len(mlflow_runs(tmp_path, "tags.phase = 'phase1'")) == 2
@@ -327,6 +334,36 @@ def test_marginal_design_fixes_the_controls_learner_settings(tmp_path):
     with pytest.raises(ConfigError, match="--design joint"):
         common.validate_scale(common.Scale(design="joint"))
     assert common.validate_scale(common.Scale()).design == "each"
+
+
+def test_progress_reaches_every_run_on_resume(tmp_path):
+    """A resumed study's bar still counts the runs finished before it (or by other workers): it ends full."""
+    from hat.config import TrainConfig
+    from hat.trainer import RunResult
+    from studies import common, workqueue
+
+    trained = []
+
+    class StubContext(common.Context):
+        def train(self, cfg, tags, run_name, callback=None, observer=None, evaluate_test=True):
+            trained.append(run_name)
+            return RunResult(status="ok", val_acc=50.0, test_acc=50.0)
+
+    class Bar:
+        def __init__(self):
+            self.n = 0
+
+        def update(self, n):
+            self.n += n
+
+    storage = workqueue.open_storage(f"sqlite:///{tmp_path}/optuna.db")
+    ctx = StubContext("t", "bar", common.Scale(seeds=3), TrainConfig(), storage, None, None, tmp_path, None, False)
+    arms = [common.control_arm(), common.rule_arm("hebb", "hebb")]
+    first, again = Bar(), Bar()
+    common.run_replicates(ctx, arms, {}, [0, 1, 2], bar=first)
+    assert first.n == 6 and len(trained) == 6
+    common.run_replicates(ctx, arms, {}, [0, 1, 2], bar=again)
+    assert again.n == 6 and len(trained) == 6  # nothing retrained, the bar still full
 
 
 def test_unit_finished_after_its_trial_was_reclaimed_is_kept(tmp_path):

@@ -200,3 +200,38 @@ def test_fresh_store_has_no_stray_default_experiment(tmp_path, monkeypatch):
     used.create_run("0")  # someone's run in Default
     Tracker(other)
     assert used.get_experiment("0").lifecycle_stage == "active"
+
+
+def test_worker_with_empty_out_fetches_phase1_snapshots_from_mlflow(toy_data, tmp_path):
+    """Workers share only the servers: a worker whose --out is empty (another machine) gets phase 1's snapshots from
+    the runs' MLflow artifacts, byte-identical to the files the training worker wrote, without retraining."""
+    import shutil
+
+    from rules.snapshot import load_snapshot
+    from studies import common, workqueue
+
+    uri = f"sqlite:///{tmp_path}/store/mlflow.db"
+    storage = workqueue.open_storage(f"sqlite:///{tmp_path}/store/optuna.db")
+    scale = common.Scale(hat_runs=2)
+    base = toy_cfg(epochs=1.0)
+
+    def context(out):
+        return common.Context("fixed_rule", "share", scale, base, storage, Tracker(uri), None, tmp_path / out,
+                              toy_data, False)
+
+    first = common.train_meta_learners(context("a"), (0.5, 1.0))
+    assert sorted(first) == [20000, 20001] and all(sorted(e) == [0.5, 1.0] for e in first.values())
+    shutil.move(tmp_path / "a", tmp_path / "a_elsewhere")  # the first worker's files are on another machine
+    second = common.train_meta_learners(context("b"), (0.5, 1.0))
+    assert sorted(second) == sorted(first)
+    for seed, by_epoch in second.items():
+        for epoch, path in by_epoch.items():
+            assert Path(path).parent == tmp_path / "b" / "snapshots"
+            original = Path(str(first[seed][epoch]).replace(str(tmp_path / "a"), str(tmp_path / "a_elsewhere")))
+            assert Path(path).read_bytes() == original.read_bytes()
+            tensors, config = load_snapshot(path)
+            assert config["seed"] == seed and config["epoch"] == epoch
+    from mlflow.tracking import MlflowClient
+
+    runs = MlflowClient(tracking_uri=uri).search_runs([Tracker(uri).experiment_id], "tags.phase = 'phase1'")
+    assert len(runs) == 2  # the second worker trained nothing
