@@ -244,6 +244,7 @@ class Context:
             run.finish(status)
         except Exception:
             pass
+        self.close_arm_parents(status)  # a resumed study's report closes them FINISHED again
 
     def arm_parent(self, arm: str | None) -> str | None:
         """The MLflow run that groups arm `arm`'s runs under the study's parent run (study -> arm -> run), created
@@ -262,7 +263,7 @@ class Context:
         return self.arm_parents[arm]
 
     def close_arm_parents(self, status: str = "FINISHED") -> None:
-        """End every arm parent run this process knows (the report is written): never raises."""
+        """End every arm parent run this process knows with `status`: never raises."""
         for run_id in self.arm_parents.values():
             try:
                 self.tracker.run(run_id).finish(status)

@@ -13,7 +13,7 @@ Hypotheses:
                (refuted or negligible), while some theta > 0.2 is supported
 
 Run:   python -m studies.labels                        # quick preset, ~12 min on a 2-core CPU
-       python -m studies.labels --preset cpu           # the published answer (docs/results/labels): LABELS_MIN min
+       python -m studies.labels --preset cpu           # the published answer (docs/results/labels): 31 min
        python -m studies.labels --thetas 0.1 0.5 1.0   # another grid
 """
 

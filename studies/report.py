@@ -246,8 +246,8 @@ LEGEND = {
     "default margin": "the metric's margin unless `--margin` overrides it (accuracy metrics only)",
     "diverged run scored as": "the failure value given to a diverged run: chance accuracy, or the largest sd",
     # tuning
-    "trial": "Optuna trial number within the arm's study (the first: the preset's values; the second, for every "
-             "arm but the control: the preset with the control's tuned learner settings)",
+    "trial": "Optuna trial number within the arm's study (the first: the preset's values; under design `each`, "
+             "the second of a rule arm: the preset with its control's tuned learner settings)",
     "state": "COMPLETE, PRUNED (stopped early by the median pruner) or FAIL (interrupted; not counted)",
     "objective": "mean validation accuracy (%) over the tuning seeds; a diverged trial scores 0; pruned: blank",
     "counted": "part of the arm's budget of `trials` finished trials, among which the best is chosen (a trial "
@@ -278,8 +278,8 @@ LEGEND = {
     "P(rank 1)": "share of bootstrap resamples of the seeds in which the arm ranks first",
     # dose-response
     "rule": "the local rule",
-    "rate": "the rule's rate (its update is rate × the rule's output); `matched`: the rate giving the meta-learned "
-            "rule's relative magnitude",
+    "rate": "the rule's rate: its update is rate × the rule's output (a tuned value in tuning tables; in the "
+            "dose-response table a grid rate, or `matched`: the rate giving the meta-learned rule's magnitude)",
     "Δ test acc": "mean paired test-accuracy difference, rule at this rate − control, accuracy points",
     "ρ (rel. update norm)": "‖local update‖ / ‖optimizer step‖, mean over the run and its seeds",
     "note": "why the row is there (the control, or the matched-magnitude rate)",
@@ -288,7 +288,16 @@ LEGEND = {
     "ρ_R at the matched rate (target ρ_M)": "the rule's ρ measured at the matched rate; the target is ρ_M",
     "best grid rate (val)": "the grid rate with the best mean validation accuracy",
     "all seeds diverged from": "the smallest grid rate at which every seed diverged",
+    "coefficient": "a learned coefficient of the rule (its term; for abcd with its layer)",
+    "rate × mean": "the per-step update coefficient: the arm's tuned rate × the mean coefficient",
+    "M fit (mean M) × rate": "the term's coefficient in a least-squares fit of the mean final M onto the family's "
+                             "terms, × the mlp arm's rate",
+    "M_i fits × rate, mean [95% CI]": "the same fit of each final M_i, × the mlp arm's rate: mean and 95% t interval",
     # rule form
+    "held-out R² of a + b·v_j (mean rule)": "R² of the paper's linear fit to the mean rule on held-out inputs, per "
+                                            "layer",
+    "a": "intercept of the fit a + b·v_j",
+    "b": "slope of the fit a + b·v_j",
     "fit": "the fitted function of (v_i, w_ij, v_j): a polynomial of the given degree, or the paper's a + b·v_j",
     "terms": "number of terms (monomials) of the fit",
     "held-out R² (mean rule)": "R² of the fit to the pointwise mean rule on held-out inputs",
@@ -302,8 +311,8 @@ LEGEND = {
     "sd over M_i": "standard deviation of the coefficient across the M_i",
     "layer": "the learner layer whose synapses the inputs come from (all: pooled)",
     "input": "one input of the rule: v_i (pre), w_ij or v_j (post)",
-    "mean": "mean of the input over the sample",
-    "sd": "standard deviation of the input over the sample",
+    "mean": "the mean of the row's quantity (over seeds, meta-learners or the input sample, as the section says)",
+    "sd": "the standard deviation of the row's quantity (over the input sample, as the section says)",
     "1%": "1st percentile of the input over the sample",
     "median": "median of the input over the sample",
     "99%": "99th percentile of the input over the sample",
@@ -536,13 +545,14 @@ def log_arm_summaries(ctx: Context, hypotheses: list[Hypothesis], comps, acc: di
 
 
 def close_arm_parents(ctx: Context) -> None:
-    """End the study's arm parent runs still RUNNING (created by any worker) as FINISHED."""
+    """End the study's arm parent runs (created by any worker; FAILED ones by an earlier failure) as FINISHED."""
     try:
         runs = ctx.tracker.client.search_runs(
-            [ctx.tracker.experiment_id], f"tags.mlflow.parentRunId = '{ctx.parent_id}' and tags.phase = 'arm' "
-            "and attributes.status = 'RUNNING'", max_results=10000)
+            [ctx.tracker.experiment_id], f"tags.mlflow.parentRunId = '{ctx.parent_id}' and tags.phase = 'arm'",
+            max_results=10000)
         for r in runs:
-            ctx.tracker.client.set_terminated(r.info.run_id, "FINISHED")
+            if r.info.status != "FINISHED":
+                ctx.tracker.client.set_terminated(r.info.run_id, "FINISHED")
     except Exception as e:
         print(f"warning: arm parent runs not closed ({type(e).__name__}: {e})", file=sys.stderr)
 

@@ -147,6 +147,7 @@ def test_parent_run_fails_on_error(tmp_path, monkeypatch):
         fixed_rule.main(["--preset", "smoke", "--trials", "0", "--seeds", "1", "--hat-runs", "1", "--no-progress",
                          "--storage", f"sqlite:///{tmp_path}/optuna.db", "--tracking-uri",
                          f"sqlite:///{tmp_path}/mlflow.db", "--out", str(tmp_path / "out")])
-    runs = _runs(tmp_path)
-    assert [r.data.tags.get("phase") for r in runs] == ["study"]
-    assert runs[0].info.status == "FAILED" and "broken trainer" in runs[0].data.tags["failure_reason"]
+    runs = {r.data.tags.get("phase"): r for r in _runs(tmp_path)}
+    assert sorted(runs) == ["arm", "study"]  # the study's parent and the phase-1 arm parent, nothing else
+    assert runs["study"].info.status == "FAILED" and "broken trainer" in runs["study"].data.tags["failure_reason"]
+    assert runs["arm"].info.status == "FAILED"  # not left RUNNING

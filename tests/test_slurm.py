@@ -123,6 +123,20 @@ def test_two_slurm_workers_on_a_real_cluster(tmp_path, slurm_cluster):
 
 
 @needs_data
+def _a_unit_finished(storage: str) -> bool:
+    """Whether some unit of work (not the parent run) has finished in the study's Optuna storage."""
+    import optuna
+
+    try:
+        for name in optuna.get_all_study_names(storage):
+            trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+            if ":parent" not in name and any(t.state.name == "COMPLETE" for t in trials):
+                return True
+    except Exception:  # the storage does not exist yet
+        return False
+    return False
+
+
 def test_a_killed_slurm_worker_is_noticed(tmp_path, slurm_cluster):
     """A working worker job killed: no result file and no sacct here, yet the launcher stops waiting for it (it
     left the queue), reports it failed, then finishes its units itself and writes the report."""
@@ -134,7 +148,8 @@ def test_a_killed_slurm_worker_is_noticed(tmp_path, slurm_cluster):
             running = {job for job, state in map(str.split, slurm_cluster.squeue()) if state == "RUNNING"}
             time.sleep(0.5)
         assert len(running) == 2, slurm_cluster.squeue()
-        time.sleep(10)  # the workers have started and claimed work
+        while not _a_unit_finished(f"sqlite:///{tmp_path}/optuna.db") and time.time() - start < 300:
+            time.sleep(0.5)  # the workers are past opening the stores (a kill there is another failure) and working
         victim = max(running, key=int)
         assert proc.poll() is None and victim in [x.split()[0] for x in slurm_cluster.squeue()]
         killed = _kill_job_processes(victim, slurm_cluster)  # all at once, as the OOM killer might: no result file
