@@ -280,11 +280,13 @@ class Context:
         if path.is_file() and path.with_suffix(".json").is_file():
             return str(path)
         uris = result.get("snapshot_uris") or []
-        if not uris or self.tracker is None:
+        run_id = result.get("run_id")
+        uri = uris[index] if uris else f"runs:/{run_id}/snapshots/{path.name}" if run_id else None  # older results
+        if uri is None or self.tracker is None:
             raise SnapshotError(f"snapshot {path} is not on this machine and its run logged no copy to MLflow")
         local = self.out / "snapshots" / path.name
         if not (local.is_file() and local.with_suffix(".json").is_file()):
-            fetch_snapshot(uris[index], local.parent)
+            fetch_snapshot(uri, local.parent)
         return str(local)
 
     def inputs_sample(self, result: dict) -> str:
