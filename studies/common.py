@@ -263,12 +263,19 @@ class Context:
         return self.arm_parents[arm]
 
     def close_arm_parents(self, status: str = "FINISHED") -> None:
-        """End every arm parent run this process knows with `status`: never raises."""
-        for run_id in self.arm_parents.values():
-            try:
-                self.tracker.run(run_id).finish(status)
-            except Exception:
-                pass
+        """End the study's arm parent runs (created by any worker) with `status`, unless they have it already;
+        never raises (a warning on stderr)."""
+        if self.tracker is None or not self.parent_id:
+            return
+        try:
+            runs = self.tracker.client.search_runs(
+                [self.tracker.experiment_id], f"tags.mlflow.parentRunId = '{self.parent_id}' and tags.phase = 'arm'",
+                max_results=10000)
+            for r in runs:
+                if r.info.status != status:
+                    self.tracker.client.set_terminated(r.info.run_id, status)
+        except Exception as e:
+            print(f"warning: arm parent runs not closed ({type(e).__name__}: {e})", file=sys.stderr)
 
     def snapshot(self, result: dict, index: int = -1) -> str:
         """A local path of the `index`-th snapshot of a unit's result: the file its worker wrote, where this machine

@@ -503,7 +503,7 @@ def finish_report(ctx: Context, title: str, doc: str, sections: list[str], files
         for f in [path, *files]:
             run.log_artifact(f, "report")
         run.set_tags({f"verdict.{mlflow_key(v['hypothesis'])}": v["verdict"] for v in verdicts})
-        close_arm_parents(ctx)
+        ctx.close_arm_parents()
         run.finish("FINISHED")
     print(f"\nreport: {path}")
     print(f"results: {ctx.out}")
@@ -542,19 +542,6 @@ def log_arm_summaries(ctx: Context, hypotheses: list[Hypothesis], comps, acc: di
             run.set_tags(tags)
         except Exception as e:  # the report does not depend on the UI's summaries
             print(f"warning: arm {arm}: summary not logged to MLflow ({type(e).__name__}: {e})", file=sys.stderr)
-
-
-def close_arm_parents(ctx: Context) -> None:
-    """End the study's arm parent runs (created by any worker; FAILED ones by an earlier failure) as FINISHED."""
-    try:
-        runs = ctx.tracker.client.search_runs(
-            [ctx.tracker.experiment_id], f"tags.mlflow.parentRunId = '{ctx.parent_id}' and tags.phase = 'arm'",
-            max_results=10000)
-        for r in runs:
-            if r.info.status != "FINISHED":
-                ctx.tracker.client.set_terminated(r.info.run_id, "FINISHED")
-    except Exception as e:
-        print(f"warning: arm parent runs not closed ({type(e).__name__}: {e})", file=sys.stderr)
 
 
 def figure_block(paths: list[Path], out: Path) -> list[str]:
