@@ -132,8 +132,13 @@ def hat_forward(learner: Learner, rule: rules.Rule | None, x: Tensor, cfg: Train
     return logits[0], [w[0] for w in new_ws]  # (B, C), per layer (O, I)
 
 
-def labeled_losses(logits: Tensor, y: Tensor, mask: Tensor) -> Tensor:
-    """(P,): each pair's mean cross-entropy over its labeled rows; logits (P, B, C), y and mask (P, B); 0 without labels."""
+def labeled_losses(logits: Tensor, y: Tensor, mask: Tensor | None) -> Tensor:
+    """(P,): each pair's mean cross-entropy over its labeled rows; logits (P, B, C), y and mask (P, B); 0 without labels.
+
+    mask None: every row is labeled (the same numbers as an all-True mask, without the masking ops)."""
+    if mask is None:
+        per = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(y.shape)  # (P, B)
+        return per.sum(1) / y.shape[1]
     safe = torch.where(mask[..., None], logits, 0.0)  # (P, B, C): unlabeled rows cannot send NaN into the gradients
     per = F.cross_entropy(safe.flatten(0, 1), y.flatten(), reduction="none").view(mask.shape)  # (P, B)
     return torch.where(mask, per, 0.0).sum(1) / mask.sum(1).clamp_min(1)
@@ -320,7 +325,9 @@ def train_population(cfg: TrainConfig, seeds: list[int], data: hat_data.Data | N
                 perms = [torch.randperm(n, generator=g).to(device) for g in order_gens]
             idx = population.stack([pm[pos * cfg.batch_size : (pos + 1) * cfg.batch_size] for pm in perms])  # (P, B)
             xb, yb = x_train[idx], y_train[idx]  # (P, B, I), (P, B)
-            if labels is not None:
+            if cfg.label_fraction >= 1:
+                mask = None  # every row labeled
+            elif labels is not None:
                 mask = population.stack([labels[p][idx[p]] for p in range(P)])  # (P, B)
             else:
                 flags = [torch.rand((), generator=g).item() < cfg.label_fraction for g in batch_gens]
@@ -328,7 +335,7 @@ def train_population(cfg: TrainConfig, seeds: list[int], data: hat_data.Data | N
             for r in rules_ or ():
                 if hasattr(r, "set_epoch"):
                     r.set_epoch(step / steps_per_epoch)  # time-varying rules (e.g. a replayed schedule)
-            has = mask.any(1)  # (P,)
+            has = torch.ones(P, dtype=torch.bool, device=device) if mask is None else mask.any(1)  # (P,)
             logits, new_ws = population.forward(learners, rules_, xb, cfg, grads, layers)
             losses = labeled_losses(logits, yb, mask)  # (P,)
             finite = torch.isfinite(losses)

@@ -183,6 +183,36 @@ def test_cpu_thread_count_does_not_change_results():
     assert_same(one, two, dict(rtol=1e-12, atol=1e-12))
 
 
+@pytest.mark.parametrize("entry", ["delta", "drive"])
+@pytest.mark.parametrize("act,inputs,dtype", [("relu", ("pre", "w", "post"), torch.float32),
+                                              ("tanh", ("pre", "w", "post", "grad"), torch.float32),
+                                              ("tanh", ("grad", "post"), torch.float64)], ids=str)
+@pytest.mark.parametrize("block_o", [1, 3, 4, None])
+def test_flat_kernels_equal_the_row_kernels_bit_for_bit(monkeypatch, entry, act, inputs, dtype, block_o):
+    """For H <= LANES the flat kernels (rows over a block's (o, h) pairs) run; they form the same sums in the
+    same order as the row kernels, so every value and gradient is bit-identical, in float32 too (ragged
+    blocks: O = 11). The row kernels are forced by monkeypatching `cpu._flat`."""
+    form, pre, w, post, g = make_case(9, 11, 13, 7, act, inputs, dtype=dtype, seed=5)
+    assert cpu._flat(cpu._coef(form.w1[None], form.b1[None], form.w2[None], inputs, dtype))
+    flat = value_and_grads(_entry_fn(entry, "cpu", block_o), form, pre, w, post, g)
+    monkeypatch.setattr(cpu, "_flat", lambda coef: False)
+    rows = value_and_grads(_entry_fn(entry, "cpu", block_o), form, pre, w, post, g)
+    for a, b in zip(flat[1], rows[1]):
+        assert (a is None and b is None) or torch.equal(a, b)
+    assert torch.equal(flat[0], rows[0])
+
+
+def test_block_o_one_thread_takes_whole_blocks_and_threads_get_several_tasks():
+    """`_block_o`: with one thread the largest block (up to BLOCK_O) - nothing to balance; with T threads at
+    least TASKS_PER_THREAD tasks per thread while blocks stay >= 1 (the published cpu-preset runs, 2 threads,
+    784-32-10: 4 outputs per task on the first layer, 1 on the second)."""
+    assert cpu._block_o(1, 4, 1) == 4
+    assert cpu._block_o(1, 183, 1) == cpu.BLOCK_O
+    assert cpu._block_o(1, 32, 2) == 32 // (cpu.TASKS_PER_THREAD * 2)
+    assert cpu._block_o(1, 10, 2) == 1
+    assert cpu._block_o(25, 183, 2) == cpu.BLOCK_O
+
+
 def test_cpu_keeps_torch_thread_count_in_a_fresh_process():
     """Launching numba's thread pool (first kernel call of a process) must not undo torch.set_num_threads,
     and the kernels then run on that many threads."""

@@ -86,6 +86,8 @@ def record_losses(monkeypatch) -> list:
 
     def recorded(logits, y, mask):
         out = orig(logits, y, mask)
+        if mask is None:  # every row labeled
+            mask = torch.ones(y.shape, dtype=torch.bool, device=y.device)
         for p in range(logits.shape[0]):
             if mask[p].any():
                 want = torch_F.cross_entropy(logits[p][mask[p]], y[p][mask[p]])
@@ -517,6 +519,26 @@ def test_label_mask_size_and_seed(n, theta):
     assert torch.equal(m, hat_data.label_mask(n, theta, seed=3, device="cpu"))
     if 0 < round(theta * n) < n:
         assert not torch.equal(m, hat_data.label_mask(n, theta, seed=4, device="cpu"))
+
+
+def test_labeled_losses_without_mask_equal_an_all_true_mask_bit_for_bit():
+    """mask=None (every row labeled, what the trainer passes at label_fraction 1) skips the masking ops but
+    gives the same losses and the same logit gradients, bit for bit, as the all-True mask; a partial mask
+    averages over its rows only (hand check)."""
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(3, 7, 10, generator=g, dtype=torch.float32, requires_grad=True)
+    y = torch.randint(0, 10, (3, 7), generator=g)
+    full = trainer.labeled_losses(logits, y, torch.ones(3, 7, dtype=torch.bool))
+    (g_full,) = torch.autograd.grad(full.sum(), logits)
+    fast = trainer.labeled_losses(logits, y, None)
+    (g_fast,) = torch.autograd.grad(fast.sum(), logits)
+    assert torch.equal(full, fast) and torch.equal(g_full, g_fast)
+    mask = torch.zeros(3, 7, dtype=torch.bool)
+    mask[0, :2] = True
+    part = trainer.labeled_losses(logits, y, mask)
+    want = torch_F.cross_entropy(logits[0, :2], y[0, :2])
+    torch.testing.assert_close(part[0], want)
+    assert part[1] == 0 and part[2] == 0
 
 
 @pytest.mark.parametrize("theta", [0.0, -0.1, 1.5])
