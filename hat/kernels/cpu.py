@@ -289,6 +289,49 @@ def _tile(coef_row, n, out):
             out[ol * H + h] = coef_row[h]
 
 
+@njit(inline="always", fastmath=_FM, cache=True)
+def _bwd_dpre(Tm, Tr, aw, w2, pv, drive, acc, zero):
+    """d pre of one (b, i): (a w2) . Tm, plus w2 . Tr for the drive; adds its d W1[:, pre] and d w2 terms to acc."""
+    dp = zero
+    if drive:
+        for h in range(Tm.shape[0]):
+            dp += aw[h] * Tm[h] + w2[h] * Tr[h]
+            acc[5, h] += pv * Tr[h]
+            acc[1, h] += pv * Tm[h]
+    else:
+        for h in range(Tm.shape[0]):
+            dp += aw[h] * Tm[h]
+            acc[5, h] += Tr[h]
+            acc[1, h] += pv * Tm[h]
+    return dp
+
+
+@njit(inline="always", fastmath=_FM, cache=True)
+def _bwd_dw(S, cw, fw, wv, gv, acc, zero):
+    """(d w, d |g|) of one (o, i) from S (H,), its sum over b; adds its d b1, d W1[:, w], d W1[:, |g|] terms to acc."""
+    sw = zero
+    sg = zero
+    for h in range(S.shape[0]):
+        sh = S[h]
+        sw += cw[h] * sh
+        sg += fw[h] * sh
+        acc[0, h] += sh
+        acc[2, h] += wv * sh
+        acc[4, h] += gv * sh
+    return sw, sg
+
+
+@njit(inline="always", fastmath=_FM, cache=True)
+def _bwd_dpost(V, ew, qv, acc, zero):
+    """d post of one (b, o) from V (H,), its sum over i; adds its d W1[:, post] terms to acc."""
+    s = zero
+    for h in range(V.shape[0]):
+        vh = V[h]
+        s += ew[h] * vh
+        acc[3, h] += qv * vh
+    return s
+
+
 @njit(inline="always", cache=True)
 def _u_fill(u, b1, c, f, wv, gv):
     for h in range(u.shape[0]):
@@ -398,47 +441,17 @@ def _bwd(pre, w, post, g, coef, up, drive, ob, act, has_grad, zero, one, dw, dg,
                         gam = up[p, o, i]
                         s2 = gam
                     _bwd_row(U[ol], a, e, pv, post[p, b, o], gam, s2, S[ol], Tm, Tr, V[b, ol], act, zero, one)
-                dp = zero
-                if drive:
-                    for h in range(H):
-                        dp += aw[h] * Tm[h] + w2[h] * Tr[h]
-                        acc[5, h] += pv * Tr[h]
-                        acc[1, h] += pv * Tm[h]
-                else:
-                    for h in range(H):
-                        dp += aw[h] * Tm[h]
-                        acc[5, h] += Tr[h]
-                        acc[1, h] += pv * Tm[h]
-                dpre_thr[tid, p, b, i] += dp
+                dpre_thr[tid, p, b, i] += _bwd_dpre(Tm, Tr, aw, w2, pv, drive, acc, zero)
             for ol in range(n):
                 o = o0 + ol
-                wv = w[p, o, i]
-                gv = g[p, o, i] if has_grad else zero
-                sw = zero
-                sg = zero
-                for h in range(H):
-                    sh = S[ol, h]
-                    sw += cw[h] * sh
-                    sg += fw[h] * sh
-                    acc[0, h] += sh
-                    acc[2, h] += wv * sh
-                    acc[4, h] += gv * sh
+                sw, sg = _bwd_dw(S[ol], cw, fw, w[p, o, i], g[p, o, i] if has_grad else zero, acc, zero)
                 dw[p, o, i] = sw
                 if has_grad:
                     dg[p, o, i] = sg
         for b in range(B):
             for ol in range(n):
-                o = o0 + ol
-                qv = post[p, b, o]
-                s = zero
-                for h in range(H):
-                    vh = V[b, ol, h]
-                    s += ew[h] * vh
-                    acc[3, h] += qv * vh
-                dpost[p, b, o] = s
-        for k in range(6):
-            for h in range(H):
-                hv_thr[tid, p, k, h] += acc[k, h]
+                dpost[p, b, o0 + ol] = _bwd_dpost(V[b, ol], ew, post[p, b, o0 + ol], acc, zero)
+        hv_thr[tid, p] += acc
 
 
 @njit(parallel=True, fastmath=_FM, cache=True)
@@ -517,8 +530,9 @@ def _bwd_flat_kernel(pre, w, post, g, coef, up, drive, ob, act, has_grad, zero, 
         GAM = np.zeros(Kp, dtype=pre.dtype)
         Gk = np.empty(Kp, dtype=pre.dtype)
         X = np.empty(Kp, dtype=pre.dtype)
-        G2 = Gk[:K].reshape((n, H))  # (n, H) views of the flat rows, for the fold over o
+        G2 = Gk[:K].reshape((n, H))  # (n, H) views of the flat rows, for the folds over o
         X2 = X[:K].reshape((n, H))
+        S2 = S[:K].reshape((n, H))
         V = np.zeros((B, Kp), dtype=pre.dtype)
         Tm = np.empty(H, dtype=pre.dtype)
         Tr = np.empty(H, dtype=pre.dtype)
@@ -547,46 +561,18 @@ def _bwd_flat_kernel(pre, w, post, g, coef, up, drive, ob, act, has_grad, zero, 
                     for h in range(H):
                         Tm[h] += G2[ol, h]
                         Tr[h] += s2 * X2[ol, h]
-                dp = zero
-                if drive:
-                    for h in range(H):
-                        dp += aw[h] * Tm[h] + w2[h] * Tr[h]
-                        acc[5, h] += pv * Tr[h]
-                        acc[1, h] += pv * Tm[h]
-                else:
-                    for h in range(H):
-                        dp += aw[h] * Tm[h]
-                        acc[5, h] += Tr[h]
-                        acc[1, h] += pv * Tm[h]
-                dpre_thr[tid, p, b, i] += dp
+                dpre_thr[tid, p, b, i] += _bwd_dpre(Tm, Tr, aw, w2, pv, drive, acc, zero)
             for ol in range(n):
                 o = o0 + ol
-                wv = w[p, o, i]
-                gv = g[p, o, i] if has_grad else zero
-                sw = zero
-                sg = zero
-                for h in range(H):
-                    sh = S[ol * H + h]
-                    sw += cw[h] * sh
-                    sg += fw[h] * sh
-                    acc[0, h] += sh
-                    acc[2, h] += wv * sh
-                    acc[4, h] += gv * sh
+                sw, sg = _bwd_dw(S2[ol], cw, fw, w[p, o, i], g[p, o, i] if has_grad else zero, acc, zero)
                 dw[p, o, i] = sw
                 if has_grad:
                     dg[p, o, i] = sg
         for b in range(B):
+            Vb = V[b, :K].reshape((n, H))  # (n, H)
             for ol in range(n):
-                qv = post[p, b, o0 + ol]
-                s = zero
-                for h in range(H):
-                    vh = V[b, ol * H + h]
-                    s += ew[h] * vh
-                    acc[3, h] += qv * vh
-                dpost[p, b, o0 + ol] = s
-        for k in range(6):
-            for h in range(H):
-                hv_thr[tid, p, k, h] += acc[k, h]
+                dpost[p, b, o0 + ol] = _bwd_dpost(Vb[ol], ew, post[p, b, o0 + ol], acc, zero)
+        hv_thr[tid, p] += acc
 
 
 # ----------------------------------------------------------------------------- host side
