@@ -24,8 +24,6 @@ import time
 
 import torch
 
-TINY = dict(widths=(784, 4, 10), mlp={"inputs": ["pre", "w", "post"], "hidden": 2, "act": "relu"})
-
 
 def step_seconds(preset_name: str, rule: str, population: int, steps: int, repeats: int, tiny: bool,
                  synthetic: bool, cpu_time: bool) -> float:
@@ -33,6 +31,7 @@ def step_seconds(preset_name: str, rule: str, population: int, steps: int, repea
     from hat import data as hat_data
     from hat import trainer
     from hat.config import preset
+    from studies.throughput import OVERHEAD_SIZES
 
     if not hasattr(trainer, "train_population"):  # a checkout from before the single trainer: P = 1 only
         if population != 1:
@@ -50,7 +49,7 @@ def step_seconds(preset_name: str, rule: str, population: int, steps: int, repea
     else:
         data = hat_data.load(None, torch.device("cpu"), preset(preset_name).val_size)
     base = preset(preset_name, rule=rule, device="cpu", train_limit=n, eval_limit=50, evals_per_epoch=1e-9,
-                  snapshot_epochs=(), **(TINY if tiny else {}))
+                  snapshot_epochs=(), **(OVERHEAD_SIZES if tiny else {}))
     clock = time.process_time if cpu_time else time.perf_counter
 
     def run(k: int) -> float:

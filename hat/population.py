@@ -59,15 +59,11 @@ def stack(tensors: list[Tensor]) -> Tensor:
     return tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tensors)
 
 
-def linear(v: Tensor, w, b: list[Tensor]) -> Tensor:
-    """(P, B, O) = v (P, B, I) @ w^T + b: one batched matmul; a plain one at P = 1 (faster, and on the
-    parameters themselves: no view nodes in the autograd graph).
-
-    w: (P, O, I), or the P pairs' (O, I) weights as a list; b: the P pairs' (O,) biases as a list."""
+def linear(v: Tensor, w: Tensor, b: Tensor) -> Tensor:
+    """(P, B, O) = v (P, B, I) @ w (P, O, I)^T + b (P, 1, O): one batched matmul; a plain one at P = 1 (faster)."""
     if v.shape[0] == 1:
         return torch.addmm(b[0], v[0], w[0].T).unsqueeze(0)  # (1, B, O)
-    w = w if isinstance(w, Tensor) else torch.stack(w)  # (P, O, I)
-    return torch.baddbmm(torch.stack(b)[:, None, :], v, w.transpose(1, 2))  # bias (P, 1, O)
+    return torch.baddbmm(b, v, w.transpose(1, 2))
 
 
 def layer_params(learners) -> list[tuple[list[Tensor], list[Tensor]]]:
@@ -88,10 +84,10 @@ def forward(learners, rules, x: Tensor, cfg, grads: list[Tensor | None], layers:
     new_ws = []
     local = set(range(learners[0].n_layers)) if cfg.local_layers is None else set(cfg.local_layers)
     for layer in range(learners[0].n_layers):
-        ws, bs = layers[layer]  # the P pairs' (O, I) weights and (O,) biases
-        w = stack(ws)  # (P, O, I)
+        w = stack(layers[layer][0])  # (P, O, I)
+        b = stack(layers[layer][1])[:, None, :]  # (P, 1, O)
         act = learners[0].layer_act(layer, cfg.logit_relu)
-        z = linear(v, ws if len(ws) == 1 else w, bs)  # (P, B, O); P = 1: on the parameter itself
+        z = linear(v, w, b)  # (P, B, O)
         if rules is None or layer not in local:
             v = act(z)
             new_ws.append(w)
@@ -107,7 +103,7 @@ def forward(learners, rules, x: Tensor, cfg, grads: list[Tensor | None], layers:
         if cfg.per_sample:
             v = act(z + cfg.rate * population_drive(rules, pre, ww, post, g))  # (P, B, O)
         else:
-            v = act(linear(v, w_new, bs))  # (P, B, O)
+            v = act(linear(v, w_new, b))  # (P, B, O)
         new_ws.append(w_new)
     return v, new_ws
 
@@ -120,8 +116,8 @@ def accuracies(learners, x: Tensor, y: Tensor, batch: int = 5000) -> list[float]
         xb = x[i : i + batch]
         v = xb.expand(len(learners), *xb.shape)  # (P, N, I)
         for layer in range(learners[0].n_layers):
-            ws = [lr.weights[layer] for lr in learners]  # P x (O, I)
-            bs = [lr.biases[layer] for lr in learners]  # P x (O,)
-            v = learners[0].layer_act(layer)(linear(v, ws, bs))  # (P, N, O)
+            w = stack([lr.weights[layer] for lr in learners])  # (P, O, I)
+            b = stack([lr.biases[layer] for lr in learners])[:, None, :]  # (P, 1, O)
+            v = learners[0].layer_act(layer)(linear(v, w, b))  # (P, N, O)
         correct += (v.argmax(2) == y[i : i + batch]).sum(1)
     return [100.0 * c / max(1, len(x)) for c in correct.tolist()]  # exact counts, percent in float64

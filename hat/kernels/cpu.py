@@ -47,9 +47,9 @@ then run instead (chosen by `_flat`): the block's (o, h) pairs are flattened int
 per (b, i), with u, a, e and post tiled along it; the backward writes gm and act(z) of the row to two
 K-vectors and folds them over o into Tm and Tr in a short (o, h) loop. They form the same sums in the
 same order as the row kernels, so results are bit-identical (tested), and with them the runs
-published in docs/results reproduce bit for bit. Rows shorter than 64 (ob < 4) gain little, because
-LLVM's vector loop then does not run (it needs 32 elements with its interleave of 4), so `_block_o`
-gives one thread whole blocks. Measured on this machine (2 threads, CPU time, same inputs): quick
+published in docs/results reproduce bit for bit. Rows are zero-padded to a multiple of FLAT_ROW = 64
+elements, because LLVM's vector loop does not run on shorter ones; one thread takes whole blocks
+(`_block_o`). Measured on this machine (2 threads, CPU time, same inputs): quick
 layer forward 18.3 -> 9.4 ms and backward 87 -> 37 ms per call; at P = 5, 86 -> 31 and 388 -> 118 ms.
 At H > LANES the flat kernels are slower than the row kernels (paper layer: about 2x, their fold
 loop reloads what the row kernel keeps in registers), so those keep the row kernels.
@@ -233,7 +233,7 @@ def _bwd_row(u, a, e, pv, qv, gam, s2, S, Tm, Tr, V, act, zero, one):
 
 @njit(inline="always", fastmath=_FM, cache=True)
 def _fwd_flat(acc, U, A, E, Q, b, pv, act, zero):
-    """acc[k] += act(U[k] + pv A[k] + Q[k] E[k]) over a block's (o, h) pairs, flattened (k = ol H + h)."""
+    """acc[k] += act(U[k] + pv A[k] + Q[b, k] E[k]) over a block's (o, h) pairs, flattened (k = ol H + h)."""
     K = acc.shape[0]
     if act == RELU:
         for k in range(K):
@@ -249,7 +249,7 @@ def _fwd_flat(acc, U, A, E, Q, b, pv, act, zero):
 
 @njit(inline="always", fastmath=_FM, cache=True)
 def _bwd_flat(U, A, E, Q, b, pv, gam, S, V, G, X, act, zero, one):
-    """One (b, i) row over a block's flattened (o, h): z = U + pv A + Q E; S, V += gm; G = gm; X = act(z).
+    """One (b, i) row over a block's flattened (o, h): z = U + pv A + Q[b] E; S, V[b] += gm; G = gm; X = act(z).
 
     gam[k]: the upstream weight of k's output unit (delta: G / B; drive: Gd[b, o] pv)."""
     K = U.shape[0]
@@ -281,12 +281,24 @@ def _bwd_flat(U, A, E, Q, b, pv, gam, S, V, G, X, act, zero, one):
 
 
 @njit(inline="always", cache=True)
-def _tile(coef_row, n, out):
-    """out (n H,) = coef_row (H,) repeated n times (k = ol H + h)."""
-    H = coef_row.shape[0]
+def _flat_rows(a, e, post, p, o0, n):
+    """A task's constant row vectors for the flat kernels, over its n output units from o0 (k = ol H + h):
+    A, E (Kp,) = a, e tiled, Q (B, Kp) = post[p, b, o] tiled over h; zero from K = n H to Kp, K rounded
+    up to FLAT_ROW (padding that adds nothing to any result)."""
+    H = a.shape[0]
+    B = post.shape[1]
+    Kp = -(-(n * H) // FLAT_ROW) * FLAT_ROW
+    A = np.zeros(Kp, dtype=a.dtype)
+    E = np.zeros(Kp, dtype=a.dtype)
+    Q = np.zeros((B, Kp), dtype=a.dtype)
     for ol in range(n):
         for h in range(H):
-            out[ol * H + h] = coef_row[h]
+            A[ol * H + h] = a[h]
+            E[ol * H + h] = e[h]
+        for b in range(B):
+            for h in range(H):
+                Q[b, ol * H + h] = post[p, b, o0 + ol]
+    return A, E, Q
 
 
 @njit(inline="always", fastmath=_FM, cache=True)
@@ -466,20 +478,10 @@ def _delta_fwd_flat(pre, w, post, g, coef, b2, ob, act, has_grad, zero, one, out
         p = t // nob
         o0 = (t % nob) * ob
         n = min(O, o0 + ob) - o0
-        K = n * H
-        Kp = -(-K // FLAT_ROW) * FLAT_ROW  # row length: zero-padded (a = e = u = post = 0) to whole vector loops
         c, f, b1, w2 = coef[p, 1], coef[p, 3], coef[p, 4], coef[p, 5]
-        A = np.zeros(Kp, dtype=pre.dtype)
-        E = np.zeros(Kp, dtype=pre.dtype)
-        _tile(coef[p, 0], n, A)
-        _tile(coef[p, 2], n, E)
-        Q = np.zeros((B, Kp), dtype=pre.dtype)  # post[b, o] tiled over h
-        for b in range(B):
-            for ol in range(n):
-                for h in range(H):
-                    Q[b, ol * H + h] = post[p, b, o0 + ol]
-        U = np.zeros(Kp, dtype=pre.dtype)
-        hs = np.empty(Kp, dtype=pre.dtype)
+        A, E, Q = _flat_rows(coef[p, 0], coef[p, 2], post, p, o0, n)  # (Kp,), (Kp,), (B, Kp)
+        U = np.zeros(A.shape[0], dtype=pre.dtype)  # zero past K = n H, as A and E
+        hs = np.empty(A.shape[0], dtype=pre.dtype)
         for i in range(I):
             for ol in range(n):
                 _u_fill(U[ol * H:(ol + 1) * H], b1, c, f, w[p, o0 + ol, i], g[p, o0 + ol, i] if has_grad else zero)
@@ -508,23 +510,17 @@ def _bwd_flat_kernel(pre, w, post, g, coef, up, drive, ob, act, has_grad, zero, 
         o0 = (t % nob) * ob
         n = min(O, o0 + ob) - o0
         K = n * H
-        Kp = -(-K // FLAT_ROW) * FLAT_ROW  # row length: zero-padded (a = e = u = post = gamma = 0) to whole vector loops
         a, c, e, f, b1, w2 = coef[p, 0], coef[p, 1], coef[p, 2], coef[p, 3], coef[p, 4], coef[p, 5]
         aw = a * w2
         cw = c * w2
         ew = e * w2
         fw = f * w2
-        A = np.zeros(Kp, dtype=pre.dtype)
-        E = np.zeros(Kp, dtype=pre.dtype)
-        _tile(a, n, A)
-        _tile(e, n, E)
-        Q = np.zeros((B, Kp), dtype=pre.dtype)  # post[b, o] tiled over h
+        A, E, Q = _flat_rows(a, e, post, p, o0, n)  # (Kp,), (Kp,), (B, Kp)
+        Kp = A.shape[0]  # zero past K in U and GAM too, so the padding's gamma and act(z) are 0
         GD = np.empty((B, n), dtype=pre.dtype)  # drive: Gd[b, o]
         for b in range(B):
             for ol in range(n):
                 GD[b, ol] = up[p, b, o0 + ol] if drive else zero
-                for h in range(H):
-                    Q[b, ol * H + h] = post[p, b, o0 + ol]
         U = np.zeros(Kp, dtype=pre.dtype)
         S = np.empty(Kp, dtype=pre.dtype)
         GAM = np.zeros(Kp, dtype=pre.dtype)
@@ -735,10 +731,7 @@ def _stacked(pre, w, post, grad, forms):
     if dt not in (torch.float32, torch.float64):
         raise TypeError(f"the cpu backend supports float32 and float64, got {dt}")
     g = grad.to(dt).contiguous() if "grad" in f0.inputs else None
-    if len(forms) == 1:  # a single run: views, no copies
-        params = [getattr(f0, k).to(dt).unsqueeze(0) for k in ("w1", "b1", "w2", "b2")]  # (1, ...)
-    else:
-        params = [torch.stack([getattr(f, k).to(dt) for f in forms]) for k in ("w1", "b1", "w2", "b2")]  # (P, ...)
+    params = [torch.stack([getattr(f, k).to(dt) for f in forms]) for k in ("w1", "b1", "w2", "b2")]  # (P, ...)
     return (pre.contiguous(), w.to(dt).contiguous(), post.to(dt).contiguous(), g, *params, f0.act, tuple(f0.inputs))
 
 
