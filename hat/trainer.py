@@ -18,7 +18,8 @@ v = act(z). With rate 0 the HAT step equals the control bit for bit.
 One code path: `train_population(cfg, seeds)` trains P (learner, rule) pairs with
 the batched step of `hat.population` (stacked weights, one batched matmul per layer,
 one kernel call for all P meta-learners, one loss, one host sync and one
-multi-tensor optimizer per step); `train(cfg)` is its P = 1 case. Each pair keeps its
+multi-tensor optimizer per step); `train(cfg)` is its P = 1 case, where the step runs
+on the pair's own unstacked tensors (`hat.population`). Each pair keeps its
 own leaf parameters, optimizer state, rule, data order, label mask and divergence
 state, so pair p of a population follows exactly the recipe of seed p alone; its
 results equal the single run's up to float rounding of the batched matmuls
@@ -244,10 +245,12 @@ def train_population(cfg: TrainConfig, seeds: list[int], data: hat_data.Data | N
                 m.memory_budget = cfg.memory_budget_mb * 2**20
     # One optimizer over every pair's parameters: its state is per tensor, so it steps each pair as
     # that pair's own optimizer would; a pair that does not step this time has its gradients cleared.
-    # Multi-tensor (foreach) updates: the same arithmetic per element, a few ops for all P pairs.
-    opt_l = _make_optimizer(cfg.optimizer, [q for lr in learners for q in lr.parameters()], cfg.lr, foreach=True)
+    # Multi-tensor (foreach) updates for P > 1: the same arithmetic per element, a few ops for all P pairs.
+    # At P = 1 torch's default (per-tensor on the CPU, where a small learner's few tensors step faster so).
+    foreach = True if P > 1 else None
+    opt_l = _make_optimizer(cfg.optimizer, [q for lr in learners for q in lr.parameters()], cfg.lr, foreach=foreach)
     opt_m = (_make_optimizer(cfg.rule_optimizer, [q for r in rules_ for q in r.parameters()], cfg.rule_lr,
-                             foreach=True) if rules_ else None)
+                             foreach=foreach) if rules_ else None)
     layers = population.layer_params(learners)
     pair_params = [list(learners[p].parameters()) + (list(rules_[p].parameters()) if rules_ else []) for p in range(P)]
 
@@ -335,11 +338,13 @@ def train_population(cfg: TrainConfig, seeds: list[int], data: hat_data.Data | N
             for r in rules_ or ():
                 if hasattr(r, "set_epoch"):
                     r.set_epoch(step / steps_per_epoch)  # time-varying rules (e.g. a replayed schedule)
-            has = torch.ones(P, dtype=torch.bool, device=device) if mask is None else mask.any(1)  # (P,)
             logits, new_ws = population.forward(learners, rules_, xb, cfg, grads, layers)
             losses = labeled_losses(logits, yb, mask)  # (P,)
             finite = torch.isfinite(losses)
-            has_l, finite_l = torch.stack([has, finite]).tolist()  # the step's one host sync
+            if mask is None:
+                has_l, finite_l = [True] * P, finite.tolist()  # the step's one host sync
+            else:
+                has_l, finite_l = torch.stack([mask.any(1), finite]).tolist()  # (2, P): the step's one host sync
             for p in range(P):
                 if alive[p] and has_l[p] and not finite_l[p]:
                     fail(p, f"non-finite training loss ({losses[p].item()}) at step {step}")
@@ -363,15 +368,14 @@ def train_population(cfg: TrainConfig, seeds: list[int], data: hat_data.Data | N
                 local, g, before = [], [], []
                 for layer in range(n_layers):
                     ws = layers[layer][0]
-                    w_old = population.stack(ws).clone()  # (P, O, I): W' where a rule updates the layer, else W
                     if layer in updated:
                         w_new = new_ws[layer].detach()  # (P, O, I)
-                        local.append(w_new - w_old)  # (P, O, I)
+                        local.append(w_new - population.stack(ws))  # (P, O, I)
                         torch._foreach_copy_([ws[p] for p in live], [w_new[p] for p in live])
-                        w_old = w_new
+                        before.append(w_new)  # W', what the optimizer steps from
                     else:
                         local.append(None)  # no local update: |local| = 0, cos = 0
-                    before.append(w_old)
+                        before.append(population.stack(ws).clone())  # (P, O, I)
                     g.append(population.stack([w.grad if w.grad is not None else torch.zeros_like(w) for w in ws]))
                     grads[layer] = g[-1].abs() if every else torch.where(steps_mask[:, None, None], g[-1].abs(), grads[layer])
                 for p in range(P):
@@ -381,17 +385,19 @@ def train_population(cfg: TrainConfig, seeds: list[int], data: hat_data.Data | N
                 for opt in (opt_l, opt_m):
                     if opt and any(stepping):
                         opt.step()
+                stats = []
                 for layer in range(n_layers):
                     update = (population.stack(layers[layer][0]) - before[layer]).norm(dim=(1, 2))  # (P,)
                     if local[layer] is None:
                         zero = torch.zeros_like(update)
-                        stats = torch.stack([zero, update, zero], 1)  # (P, 3)
+                        stats += [zero, update, zero]
                     else:
                         local_n = local[layer].norm(dim=(1, 2))  # (P,)
                         dot = (local[layer] * -g[layer]).sum((1, 2))  # (P,)
                         cos = dot / (local_n * g[layer].norm(dim=(1, 2))).clamp_min(1e-30)
-                        stats = torch.stack([local_n, update, cos], 1)  # (P, 3)
-                    diag[:, layer] += stats if every else torch.where(steps_mask[:, None], stats, 0.0)
+                        stats += [local_n, update, cos]
+                stats = torch.stack(stats, 1).view(diag.shape)  # (P, 3 L) -> (P, L, 3)
+                diag += stats if every else torch.where(steps_mask[:, None, None], stats, 0.0)
                 for p in range(P):
                     if stepping[p]:
                         diag_n[p] += 1

@@ -56,6 +56,43 @@ def test_population_equals_single_runs(toy_data, overrides):
         _close(train(cfg.replace(seed=seed), data=toy_data, progress=False), b)
 
 
+@pytest.mark.parametrize("rule", ["hebb", "abcd", "mlp"])
+@pytest.mark.parametrize("method", ["delta", "drive"])
+def test_one_pair_layout_equals_its_slice_of_the_stacked_layout(rule, method):
+    """population_delta / drive and linear take one pair's (B, I), (O, I) tensors (what a single run
+    computes on) or P stacked ones: pair p's result and gradients are the same either way, and the
+    stacked layout hands each pair its own rule (float64)."""
+    from hat import population
+    from hat.trainer import build_rule
+
+    P, B, n_in, n_out = 3, 4, 5, 6
+    g = torch.Generator().manual_seed(0)
+    rules_ = [build_rule(_cfg(rule=rule, seed=s)).double() for s in range(P)]
+    fn = population.population_delta if method == "delta" else population.population_drive
+
+    def leaf(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)
+
+    pre, w, post, b = leaf(P, B, n_in), leaf(P, n_out, n_in), leaf(P, B, n_out), leaf(P, n_out)
+    stacked = fn(rules_, pre, w, post, None)  # (P, O, I) or (P, B, O)
+    z = population.linear(pre, w, b)  # (P, B, O)
+    proj_d = torch.randn(stacked.shape, generator=g, dtype=torch.float64)
+    proj_z = torch.randn(z.shape, generator=g, dtype=torch.float64)
+    grads = torch.autograd.grad((stacked * proj_d).sum() + (z * proj_z).sum(), (pre, w, post, b))
+    for p in range(P):
+        one = fn([rules_[p]], pre[p], w[p], post[p], None)
+        z1 = population.linear(pre[p], w[p], b[p])  # (B, O)
+        assert one.shape == stacked.shape[1:]
+        torch.testing.assert_close(one, stacked[p], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(z1, pre[p] @ w[p].T + b[p], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(z[p], z1, rtol=1e-12, atol=1e-12)
+        one_grads = torch.autograd.grad((one * proj_d[p]).sum() + (z1 * proj_z[p]).sum(), (pre, w, post, b))
+        for full, mine in zip(grads, one_grads):
+            torch.testing.assert_close(mine[p], full[p], rtol=1e-12, atol=1e-12)
+    if rule != "hebb":  # seeded rules: the pairs' rules, hence their results, differ
+        assert not torch.allclose(stacked[0], stacked[1])
+
+
 def test_one_diverged_pair_does_not_touch_the_others(toy_data):
     """A rate that blows up only the seeds it reaches first: every pair's fate equals its single run's."""
     cfg = _cfg(rule="converged", rate=30.0, rule_params={"c": 2.0}, lr=1e-3)
