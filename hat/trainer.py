@@ -246,7 +246,7 @@ def train_population(cfg: TrainConfig, seeds: list[int], data: hat_data.Data | N
     # One optimizer over every pair's parameters: its state is per tensor, so it steps each pair as
     # that pair's own optimizer would; a pair that does not step this time has its gradients cleared.
     # Multi-tensor (foreach) updates for P > 1: the same arithmetic per element, a few ops for all P pairs.
-    # At P = 1 torch's default (per-tensor on the CPU, where a small learner's few tensors step faster so).
+    # At P = 1 torch's default: per-tensor on the CPU, which is faster for one learner's few tensors.
     foreach = True if P > 1 else None
     opt_l = _make_optimizer(cfg.optimizer, [q for lr in learners for q in lr.parameters()], cfg.lr, foreach=foreach)
     opt_m = (_make_optimizer(cfg.rule_optimizer, [q for r in rules_ for q in r.parameters()], cfg.rule_lr,
