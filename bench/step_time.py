@@ -107,10 +107,9 @@ def main(argv=None) -> int:
 def compare(a: argparse.Namespace) -> int:
     """Time `a.against` and this checkout alternately in fresh processes; print each pair and the median ratio."""
     here = Path(__file__).resolve().parents[1]
-    flags = [f"--{k}" for k in ("tiny", "synthetic", "cpu_time") if getattr(a, k)]
+    flags = [f"--{k}" for k in ("tiny", "synthetic", "cpu-time") if getattr(a, k.replace("-", "_"))]
     args = [sys.executable, str(Path(__file__).resolve()), "--preset", a.preset, "--rule", a.rule, "--population",
-            str(a.population), "--steps", str(a.steps), "--repeats", str(a.repeats), "--threads", str(a.threads),
-            *(f.replace("_", "-") for f in flags)]
+            str(a.population), "--steps", str(a.steps), "--repeats", str(a.repeats), "--threads", str(a.threads), *flags]
 
     def ms(checkout: Path) -> float:
         env = dict(os.environ, PYTHONPATH=str(checkout))

@@ -43,18 +43,18 @@ def population_delta(rules, pre: Tensor, w: Tensor, post: Tensor, grad: Tensor |
     Meta-learner rules of one shape go through `kernels.mlp_population_delta` (one kernel
     call for all P); any other rule is called once per pair.
     """
-    return _per_pair(rules, _mlp_forms(rules), "delta", pre, w, post, grad)
+    return _per_pair(rules, "delta", pre, w, post, grad)
 
 
 def population_drive(rules, pre, w, post, grad) -> Tensor:
     """(P, B, O), or (B, O) for one pair's tensors: each pair's per-sample drive (one kernel call for
     meta-learner rules)."""
-    return _per_pair(rules, _mlp_forms(rules), "per_sample_drive", pre, w, post, grad)
+    return _per_pair(rules, "per_sample_drive", pre, w, post, grad)
 
 
-def _per_pair(rules, forms, method: str, pre, w, post, grad) -> Tensor:
-    """`method` of each pair's rule; `forms`: `_mlp_forms(rules)` (a layer's delta and drive share it)."""
+def _per_pair(rules, method: str, pre, w, post, grad) -> Tensor:
     one = pre.dim() == 2  # one pair's tensors, (B, I) ...; else P stacked, (P, B, I) ...
+    forms = _mlp_forms(rules)
     if forms is not None:
         batched = kernels.mlp_population_delta if method == "delta" else kernels.mlp_population_drive
         if one:  # the kernel's layout is P stacked: (1, ...) views in, the one pair's slice out
@@ -121,12 +121,13 @@ def forward(learners, rules, x: Tensor, cfg, grads: list[Tensor | None], layers:
         for r in rules:
             if hasattr(r, "set_layer"):
                 r.set_layer(layer)  # rules with per-layer coefficients or state (rules/base.py)
-        forms = _mlp_forms(rules)  # after set_layer, which may change a rule
-        g = None if not rules[0].uses_grad else grads[layer][0] if one else grads[layer]  # (P, O, I)
-        d = _per_pair(rules, forms, "delta", pre, ww, post, g)  # (P, O, I)
+        g = None
+        if rules[0].uses_grad:
+            g = grads[layer][0] if one else grads[layer]  # (P, O, I)
+        d = population_delta(rules, pre, ww, post, g)  # (P, O, I)
         w_new = w + cfg.rate * d
         if cfg.per_sample:
-            v = act(z + cfg.rate * _per_pair(rules, forms, "per_sample_drive", pre, ww, post, g))  # (P, B, O)
+            v = act(z + cfg.rate * population_drive(rules, pre, ww, post, g))  # (P, B, O)
         else:
             v = act(linear(v, w_new, b))  # (P, B, O)
         new_ws.append(w_new)
