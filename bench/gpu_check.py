@@ -10,7 +10,7 @@ Sections, each with its own time budget so the whole run fits about 8 minutes on
      B*O*I ~ 7e6 terms); the fused path in float32 is shown as the float32 floor. Exit status 1 if a
      check fails (the rest of the file is still written).
   2. rule step: one forward + backward of the rule on one layer for every implementation of
-     `studies.throughput` (paper-style 1x1 convolution, naive broadcast, torch.compile, fused, triton).
+     `bench.throughput` (paper-style 1x1 convolution, naive broadcast, torch.compile, fused, triton).
   3. training steps of the paper preset (`hat.trainer.train` at P = 1, `hat.trainer.train_population`
      at P = 25), HAT and the control, with peak GPU memory.
   4. one epoch of the paper preset, HAT and control: accuracy and seconds per epoch.
@@ -227,7 +227,7 @@ def section_correctness(layers, pops, device, budget: Budget, perturb: float):
 
 def time_rule_step(dims: dict, impl: str, device: str, repeats: int, warmup: int) -> dict:
     """Median and best ms of forward + backward of one rule step; first step (compile) s; peak memory."""
-    from studies.throughput import make_impl
+    from bench.throughput import make_impl
 
     forms, pre, w, post, grad = make_pairs(dims, 1, device)
     form, grad = forms[0], None if grad is None else grad[0].detach()
@@ -293,7 +293,7 @@ def section_rule_step(layers, impls, device, budget: Budget, repeats, warmup, co
             "speedup vs paper-style", "note"]
     text = (f"## 2. Rule step (forward + backward of the batch-mean delta, one layer, float32)\n\n{desc}; median "
             f"of {repeats} steps after {warmup} warm-up (the first step, incl. compiling, is timed separately). "
-            "Implementations from `studies.throughput.make_impl`.\n\n" + md_table(head, rows))
+            "Implementations from `bench.throughput.make_impl`.\n\n" + md_table(head, rows))
     return text, errors
 
 
@@ -406,8 +406,8 @@ def section_epoch(device, data, data_note, budget: Budget, overrides, estimates:
 def section_projection(train_res: dict, epoch_res: dict, pops) -> str:
     """Hours of the paper protocol: tuning (trials x tuning seeds of 20 epochs per arm, one seed at a time,
     upper bound without pruning) and replicates (100 runs of 20 epochs per arm) at each P."""
-    from studies.common import SCALES
-    from studies.throughput import PROTOCOL_EPOCHS, PROTOCOL_RUNS
+    from bench.throughput import PROTOCOL_EPOCHS, PROTOCOL_RUNS
+    from studies.lib.common import SCALES
 
     scale = SCALES["paper"]
     tune_epochs = scale["trials"] * scale["tuning_seeds"] * PROTOCOL_EPOCHS
@@ -436,7 +436,7 @@ def section_projection(train_res: dict, epoch_res: dict, pops) -> str:
     rows.append(row("replicates at P = 1 incl. evaluation", hours(epoch_res.get("HAT", {}).get("s_epoch"), rep_epochs),
                     hours(epoch_res.get("control", {}).get("s_epoch"), rep_epochs), "section 4"))
     return (f"## 5. Projected cost of the paper protocol (hours on this device)\n\nPaper study scale "
-            f"(`studies.common.SCALES['paper']`): {scale}.\n\n"
+            f"(`studies.lib.common.SCALES['paper']`): {scale}.\n\n"
             + md_table(["item", "HAT (h)", "control (h)", "both (h)", "basis"], rows))
 
 
@@ -529,7 +529,7 @@ def main(argv=None) -> int:
         os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports the Triton kernels
     torch.backends.cuda.matmul.allow_tf32 = False  # float32 means float32 in the checks and the timings
     torch.backends.cudnn.allow_tf32 = False
-    from studies.throughput import SIZES
+    from bench.throughput import SIZES
 
     dry = args.dry_run
     layers = DRY_LAYERS if dry else {k: SIZES[k] for k in ("paper", "authors")}

@@ -8,7 +8,7 @@ A step's time is (k + 1 steps - 1 step) / k, so run setup and evaluation drop ou
 `--repeats` such differences is printed, per step of all P seeds together, with the path of the `hat`
 package that ran (so an A/B run shows which checkout it measured). Real Fashion-MNIST ($HAT_DATA), or
 synthetic data of its shape with `--synthetic`. `--tiny` swaps in a learner and meta-learner too small
-to compute anything (784-4-10, M 3-2-1: `studies.throughput.OVERHEAD_SIZES`), so the step time is the
+to compute anything (784-4-10, M 3-2-1: `bench.throughput.OVERHEAD_SIZES`), so the step time is the
 trainer's per-step overhead. `--cpu-time` measures process CPU time instead of wall time (less
 sensitive to other load on a shared machine; counts every thread).
 
@@ -35,10 +35,10 @@ import torch
 def step_seconds(preset_name: str, rule: str, population: int, steps: int, repeats: int, tiny: bool,
                  synthetic: bool, cpu_time: bool) -> float:
     """Best of `repeats` of ((steps + 1)-step run - 1-step run) / steps, in seconds per step of all P seeds."""
+    from bench.throughput import OVERHEAD_SIZES
     from hat import data as hat_data
     from hat import trainer
     from hat.config import preset
-    from studies.throughput import OVERHEAD_SIZES
 
     if not hasattr(trainer, "train_population"):  # a checkout from before the single trainer: P = 1 only
         if population != 1:

@@ -201,7 +201,7 @@ def train(cfg: TrainConfig, data: hat_data.Data | None = None, tracker=None, par
     snapshots and plots go; plot: log a learning-curve PNG with the run. callback(eval_dict) is called after each
     evaluation; it may raise (e.g. optuna.TrialPruned) to stop the run: the run is recorded KILLED
     ("interrupted"), or FINISHED with tag status=<e.run_status> when the exception has a `run_status`
-    attribute (studies.tuning marks a pruned trial's runs "pruned" this way).
+    attribute (studies.lib.tuning marks a pruned trial's runs "pruned" this way).
     observer(eval_dict, learner, rule) is called after each evaluation too, for
     studies that inspect the learner or the rule along training (read only).
     evaluate_test: False leaves test accuracy out of every evaluation (NaN), for tuning runs.

@@ -23,7 +23,7 @@ from torch import nn
 from rules import register
 from rules.base import ElementwiseRule
 
-# exponents (of v_i, w_ij, v_j), named as in studies.rule_analysis.term_name
+# exponents (of v_i, w_ij, v_j), named as in studies.lib.rule_analysis.term_name
 LIBRARY = {"vi*vj": (1, 0, 1), "vi": (1, 0, 0), "vj": (0, 0, 1), "w": (0, 1, 0),
            "vj^2*w": (0, 1, 2), "vi*vj*w": (1, 1, 1), "1": (0, 0, 0)}
 

@@ -41,9 +41,9 @@ import sys
 
 import numpy as np
 
-from studies import analysis, common, progress, report, stats, tuning
-from studies.analysis import Hypothesis
-from studies.common import Arm
+from studies.lib import analysis, common, progress, report, stats, tuning
+from studies.lib.analysis import Hypothesis
+from studies.lib.common import Arm
 
 STUDY = "authors"
 SHARE = 0.5  # H-logit-relu: the bug's cost must be at least this share of the gap

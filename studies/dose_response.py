@@ -32,7 +32,7 @@ Hypotheses (one Holm family, the suite's decision rule, test accuracy):
                      validation accuracy of the same seeds' runs, which favours "helps", so the claim of no help
                      below is conservative there
 The claim "the fixed rule at that rate does not help" holds when the effect claim is refuted or negligible
-(studies.stats.shown_below_margin). Per-rate differences on the curves are descriptive (unadjusted 95% t-CIs).
+(studies.lib.stats.shown_below_margin). Per-rate differences on the curves are descriptive (unadjusted 95% t-CIs).
 
 Run:   python -m studies.dose_response                          # quick preset
        python -m studies.dose_response --preset paper           # paper scale, for a GPU
@@ -48,9 +48,9 @@ from pathlib import Path
 
 import numpy as np
 
-from studies import analysis, common, progress, report, stats, tuning, workqueue
-from studies.analysis import Hypothesis
-from studies.common import PHASE1_SEED_BASE, Arm
+from studies.lib import analysis, common, progress, report, stats, tuning, workqueue
+from studies.lib.analysis import Hypothesis
+from studies.lib.common import PHASE1_SEED_BASE, Arm
 
 STUDY = "dose_response"
 FIXED_RULES = ("hebb", "oja", "gha", "converged", "bcm", "krotov", "noise")  # those in the registry are swept

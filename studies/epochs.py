@@ -21,8 +21,8 @@ import sys
 
 import numpy as np
 
-from studies import analysis, common, progress, report, stats, tuning
-from studies.analysis import Hypothesis
+from studies.lib import analysis, common, progress, report, stats, tuning
+from studies.lib.analysis import Hypothesis
 
 STUDY = "epochs"
 LATE_EPOCH = 0.5  # H-late: the benefit should appear at or after this many epochs

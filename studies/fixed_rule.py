@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import sys
 
-from studies import common, progress, report
-from studies.analysis import Hypothesis
-from studies.common import Arm
-from studies.tuning import Param
+from studies.lib import common, progress, report
+from studies.lib.analysis import Hypothesis
+from studies.lib.common import Arm
+from studies.lib.tuning import Param
 
 STUDY = "fixed_rule"
 EARLY_EPOCH = 0.5  # the "early" snapshot

@@ -23,8 +23,8 @@ import sys
 
 import numpy as np
 
-from studies import analysis, common, progress, report, stats, tuning
-from studies.analysis import Hypothesis
+from studies.lib import analysis, common, progress, report, stats, tuning
+from studies.lib.analysis import Hypothesis
 
 STUDY = "labels"
 THETAS = (0.05, 0.1, 0.2, 0.5, 1.0)

@@ -38,9 +38,9 @@ import sys
 
 import numpy as np
 
-from studies import analysis, common, progress, report, stats, workqueue
-from studies.analysis import Hypothesis
-from studies.common import PHASE1_SEED_BASE, Arm, snapshots_from_dir
+from studies.lib import analysis, common, progress, report, stats, workqueue
+from studies.lib.analysis import Hypothesis
+from studies.lib.common import PHASE1_SEED_BASE, Arm, snapshots_from_dir
 from studies.rule_over_time import DISTANCE_SAMPLES, DISTANCE_SEED, rule_outputs, sample_rule_inputs
 
 STUDY = "mean_rule"

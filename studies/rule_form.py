@@ -5,7 +5,7 @@ almost linear, dW ~ 2 * v_j, fitted in-sample. Here N HAT runs (trainable `mlp` 
 seeds 20000+, the same as `fixed_rule`'s phase 1) each save their final meta-learner M_i and a sample of
 the (v_i, w_ij, v_j) triples their rule sees: at every evaluation along training (start to end) the
 learner's HAT forward pass is replayed on a few training batches and synapse-sample triples are drawn
-uniformly with a fixed seed (`studies.rule_analysis.collect_inputs`; the replay uses the rule as it was
+uniformly with a fixed seed (`studies.lib.rule_analysis.collect_inputs`; the replay uses the rule as it was
 at that evaluation). The analysis pools these samples over runs and layers (equal shares).
 
 Hypotheses (each M_i and the mean rule are evaluated on the pooled sample; R^2 on a held-out 30%):
@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from studies import common, progress, report, stats, workqueue
-from studies import rule_analysis as ra
+from studies.lib import common, progress, report, stats, workqueue
+from studies.lib import rule_analysis as ra
 
 STUDY = "rule_form"
 SEED_BASE = 20_000  # = fixed_rule's phase-1 seeds: the same config and seed give the same meta-learner

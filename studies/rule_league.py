@@ -21,7 +21,7 @@ Hypotheses:
   League (one Holm family, the ranked table): L-<family> "the family helps": family > control on test accuracy.
   Match (a second Holm family): H-match-<family> "the family matches the trainable M", for every family
     other than mlp: the paired difference family - mlp lies inside +-margin. Tested with the suite's rule
-    (studies.stats.VERDICT_RULE) as two directional claims, "family > mlp" and "family < mlp", all in one Holm family (k families:
+    (studies.lib.stats.VERDICT_RULE) as two directional claims, "family > mlp" and "family < mlp", all in one Holm family (k families:
     2k claims, 4k p-values); a claim of no effect holds when its effect claim is refuted or negligible
     (stats.shown_below_margin), so:
       SUPPORTED    both directional claims refuted or negligible (the Holm-adjusted TOST: |difference| < margin)
@@ -30,7 +30,7 @@ Hypotheses:
 Descriptive: bootstrap rank distribution (seeds resampled with replacement, ranks of the mean test accuracy,
 diverged runs scored as chance); for abcd and terms their learned coefficients (raw, and times the tuned rate:
 the per-step update coefficient) with t-CIs across seeds, next to least-squares fits of the mean final M of
-the mlp arm onto the same terms (`studies.rule_analysis.fit_terms`, the fit `studies.rule_form` uses) on a
+the mlp arm onto the same terms (`studies.lib.rule_analysis.fit_terms`, the fit `studies.rule_form` uses) on a
 sample of the inputs a rule sees (`studies.rule_over_time.sample_rule_inputs`), pooled over layers.
 
 Run:   python -m studies.rule_league                       # quick preset
@@ -45,9 +45,9 @@ from pathlib import Path
 
 import numpy as np
 
-from studies import analysis, common, progress, report, stats, tuning
-from studies.analysis import Hypothesis
-from studies.common import Arm
+from studies.lib import analysis, common, progress, report, stats, tuning
+from studies.lib.analysis import Hypothesis
+from studies.lib.common import Arm
 
 STUDY = "rule_league"
 REFERENCE = "mlp"  # the trainable M every family is matched against
@@ -219,7 +219,7 @@ def fit_mean_m(ctx, results: dict, seeds: list[int]) -> dict | None:
     names, "r2": R² of the mean's fit}, "n": M_i used}; None if the mlp arm has no finished run."""
     import rules
     from rules.terms import LIBRARY
-    from studies import rule_analysis as ra
+    from studies.lib import rule_analysis as ra
     from studies.rule_over_time import rule_outputs, sample_rule_inputs
 
     paths = [ctx.snapshot(results[(REFERENCE, s)]) for s in seeds

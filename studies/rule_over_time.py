@@ -37,10 +37,10 @@ import sys
 
 import numpy as np
 
-from studies import analysis, common, progress, report, stats
-from studies import rule_analysis as ra
-from studies.analysis import Hypothesis
-from studies.common import PHASE1_SEED_BASE, Arm, snapshots_from_dir
+from studies.lib import analysis, common, progress, report, stats
+from studies.lib import rule_analysis as ra
+from studies.lib.analysis import Hypothesis
+from studies.lib.common import PHASE1_SEED_BASE, Arm, snapshots_from_dir
 
 STUDY = "rule_over_time"
 TIMES = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0)  # snapshot times (epochs) of the paper's 20-epoch run

@@ -3,7 +3,7 @@
 The paper proposes the meta-learned rule as a signature of a problem: the distance between the rules
 R_A and R_B learned on problems A and B, the integral of (R_A - R_B) dF over the distribution F of the
 rules' inputs, would measure how alike the problems are. Here the distance is the mean over an input
-sample of |R_A - R_B| (`studies.rule_analysis.functional_distance`, p = 1), F is the pooled sample of the
+sample of |R_A - R_B| (`studies.lib.rule_analysis.functional_distance`, p = 1), F is the pooled sample of the
 (v_i, w_ij, v_j) the rules saw (every run of every problem, equal shares), and the reference is the
 distance between rules meta-learned on one problem from different seeds.
 
@@ -43,10 +43,11 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from studies import common, progress, report, rule_form, stats, workqueue
-from studies import rule_analysis as ra
-from studies.analysis import Hypothesis
-from studies.common import Arm
+from studies import rule_form
+from studies.lib import common, progress, report, stats, workqueue
+from studies.lib import rule_analysis as ra
+from studies.lib.analysis import Hypothesis
+from studies.lib.common import Arm
 
 STUDY = "transfer"
 PERM_SEED = 12345  # the pixel permutation of `perm`

@@ -1,4 +1,4 @@
-"""Tests for the decision rule of studies.stats / studies.analysis: power, seeds needed, interval coverage,
+"""Tests for the decision rule of studies.lib.stats / studies.lib.analysis: power, seeds needed, interval coverage,
 multiplicity over both one-sided tests, and how diverged / missing runs enter the metrics.
 
 Every expected value is hand-computed, simulated with a fixed seed, or comes from an independent library call.
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from studies import analysis as A
-from studies import stats as S
+from studies.lib import analysis as A
+from studies.lib import stats as S
 
 # --------------------------------------------------------------------------------------------------------------
 # power of the one-sided t-test

@@ -12,7 +12,7 @@ import pytest
 from scipy import stats as sps
 from test_rule_league import FAILURE, MARGIN, ci, family_stats, needs_data, num, read_results, stores, table_after
 
-from studies.report import unexplained_columns
+from studies.lib.report import unexplained_columns
 
 SEEDS = 3
 RULES = ("converged", "bcm")

@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 
 from hat.config import preset
-from studies import fixed_rule, progress, report
-from studies.common import SCALES, Context, Scale
-from studies.workqueue import open_storage
+from studies import fixed_rule
+from studies.lib import progress, report
+from studies.lib.common import SCALES, Context, Scale
+from studies.lib.workqueue import open_storage
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "rep"
@@ -51,7 +52,7 @@ def synthetic_results(arms: list[str]) -> dict:
 
 
 def make_tuning(url: str, arms: list[str]) -> dict[str, dict]:
-    """Three trials per arm (complete, pruned, complete) with slots, as studies.tuning leaves them."""
+    """Three trials per arm (complete, pruned, complete) with slots, as studies.lib.tuning leaves them."""
     import optuna
     from optuna.distributions import CategoricalDistribution, FloatDistribution
     from optuna.trial import TrialState, create_trial
@@ -266,7 +267,7 @@ def test_weighted_bar_advances_by_cost():
 
 
 def test_curve_references_and_pure_controls():
-    from studies.analysis import Hypothesis
+    from studies.lib.analysis import Hypothesis
 
     # mean_rule: "mean" is compared with the control and is the control of "individual": it keeps its colour
     hyps = [Hypothesis("a", "", "mean", "greater"), Hypothesis("b", "", "individual", "greater", control="mean")]

@@ -1,7 +1,7 @@
 """Resume is exact: a study killed hard (os._exit, like kill -9) at several points and rerun gives the same
 results.csv and verdicts as an uninterrupted run, and leaves no MLflow run RUNNING.
 
-The kills come from the fault-injection hook of `studies.workqueue` (HAT_FAULT_AFTER / HAT_FAULT_AT /
+The kills come from the fault-injection hook of `studies.lib.workqueue` (HAT_FAULT_AFTER / HAT_FAULT_AT /
 HAT_FAULT_PHASE). One chain of reruns hits, in order: phase 1 mid-training; the control's start trial
 mid-training; the control's first TPE trial mid-training (its sampled params are in a dead trial); a rule
 arm's warm-start trial right after its claim; a replicate whose training finished but whose result was not

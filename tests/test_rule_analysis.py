@@ -1,4 +1,4 @@
-"""studies.rule_analysis: polynomial fits recover known rules, distances, partial dependence, change points,
+"""studies.lib.rule_analysis: polynomial fits recover known rules, distances, partial dependence, change points,
 and the input sampler against the learner it samples from."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from studies import rule_analysis as ra
+from studies.lib import rule_analysis as ra
 
 
 def sample(n=4000, seed=0) -> np.ndarray:

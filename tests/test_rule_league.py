@@ -13,7 +13,7 @@ import pytest
 from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 
-from studies.report import unexplained_columns
+from studies.lib.report import unexplained_columns
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("HAT_DATA", REPO.parent / "shared" / "data"))
@@ -121,7 +121,7 @@ def test_terms_coefficients_are_read_from_snapshots(tmp_path):
         results[("terms", s)] = {"status": "ok", "snapshots": [str(path)]}
     results[("terms", 2)] = {"status": "diverged", "snapshots": []}
     from hat.config import TrainConfig
-    from studies import common
+    from studies.lib import common
 
     ctx = common.Context("rule_league", "t", common.Scale(), TrainConfig(), None, None, None, tmp_path, None)
     names, coef = learned_coefficients(ctx, results, "terms", [0, 1, 2])

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from studies.report import unexplained_columns
+from studies.lib.report import unexplained_columns
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("HAT_DATA", REPO.parent / "shared" / "data"))
@@ -59,8 +59,8 @@ def test_help(module, capsys):
 @needs_data
 def test_rule_form_smoke(tmp_path):
     from rules import get
-    from studies import rule_analysis as ra
     from studies import rule_form
+    from studies.lib import rule_analysis as ra
 
     args = ["--preset", "smoke", "--hat-runs", "2", "--train-limit", "250", "--samples", "600", *stores(tmp_path)]
     assert rule_form.main(args) == 0

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from hat.config import PRESETS, TrainConfig
-from studies.report import unexplained_columns
+from studies.lib.report import unexplained_columns
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("HAT_DATA", REPO.parent / "shared" / "data"))
@@ -51,7 +51,7 @@ def one_thread():
 
 
 def test_change_point_finds_a_step():
-    from studies.rule_analysis import change_point
+    from studies.lib.rule_analysis import change_point
 
     cp = change_point([0.1, 0.2, 0.5, 1.0, 2.0], [1.0, 1.0, 1.0, 5.0, 5.0])
     assert cp.index == 3 and cp.t == 1.0
@@ -60,7 +60,7 @@ def test_change_point_finds_a_step():
 
 
 def test_change_point_noisy_step_and_edge_cases():
-    from studies.rule_analysis import change_point
+    from studies.lib.rule_analysis import change_point
 
     rng = np.random.default_rng(0)
     y = np.r_[np.full(12, 3.0), np.full(8, 0.5)] + 0.1 * rng.standard_normal(20)

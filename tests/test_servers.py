@@ -33,7 +33,7 @@ def _stub_context(storage_url: str, log: Path, name: str):
     """A study context whose train() records the call and returns at once (val_acc from the params)."""
     from hat.config import TrainConfig
     from hat.trainer import RunResult
-    from studies import common, workqueue
+    from studies.lib import common, workqueue
 
     class StubContext(common.Context):
         def train(self, cfg, tags, run_name, callback=None, observer=None, evaluate_test=True):
@@ -54,7 +54,7 @@ WARM = {"optimizer": "sgd", "lr_sgd": 0.05}
 def race_worker(storage_url: str, folder: str, start_at: float) -> None:
     """One worker of test_workers_started_together (run in its own process): waits for the common start instant,
     tunes arm hebb, then runs the unit queue."""
-    from studies import common, tuning, workqueue
+    from studies.lib import common, tuning, workqueue
 
     folder = Path(folder)
     ctx = _stub_context(storage_url, folder / "train.log", "race")
@@ -73,7 +73,7 @@ def race_worker(storage_url: str, folder: str, start_at: float) -> None:
 def _race(storage_url: str, folder: Path) -> dict:
     import optuna
 
-    from studies import workqueue
+    from studies.lib import workqueue
 
     workqueue.open_storage(storage_url)  # the schema exists before the start instant: the workers race on claims only
     start_at = time.time() + 8  # every worker has imported and opened the storage by then
@@ -224,7 +224,7 @@ def test_two_launched_workers_against_postgres_and_a_tracking_server(tmp_path, p
 def test_storage_urls_and_driver_errors(monkeypatch):
     """postgresql:// as written uses psycopg 3 where psycopg2 is absent; a missing driver is one line naming the
     extra to install."""
-    from studies import workqueue
+    from studies.lib import workqueue
 
     monkeypatch.setattr(workqueue, "_has_module", lambda name: name == "psycopg")
     assert workqueue.storage_url("postgresql://u@localhost/db") == "postgresql+psycopg://u@localhost/db"
@@ -245,7 +245,7 @@ def test_launch_flags(monkeypatch):
     without submitit, --launch is one line naming the extra."""
     import argparse
 
-    from studies import launch
+    from studies.lib import launch
 
     cmd = ("python -m studies.fixed_rule --preset smoke --launch slurm --workers=3 --fresh --slurm-partition gpu "
            "--slurm-mem 16G --storage postgresql://u@db/hat --out 'runs/a b'")
@@ -283,7 +283,7 @@ def test_dead_workers_trials_are_reclaimed_on_postgres(tmp_path, postgres):
     before recording its worker (possible only inside the advisory lock), is claimed again at once."""
     import optuna
 
-    from studies import common, tuning, workqueue
+    from studies.lib import common, tuning, workqueue
 
     url = postgres.url("reclaim")
     ctx = _stub_context(url, tmp_path / "train.log", "dead")

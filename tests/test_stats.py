@@ -1,4 +1,4 @@
-"""Tests for studies.stats: every expected value is hand-computed or comes from an independent reference."""
+"""Tests for studies.lib.stats: every expected value is hand-computed or comes from an independent reference."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from studies import stats as S
+from studies.lib import stats as S
 
 # --------------------------------------------------------------------------------------------------------------
 # failures and pairing

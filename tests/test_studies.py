@@ -17,7 +17,7 @@ import pytest
 from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 
-from studies.report import unexplained_columns
+from studies.lib.report import unexplained_columns
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("HAT_DATA", REPO.parent / "shared" / "data"))
@@ -247,7 +247,7 @@ def test_conditional_learning_rate_space():
     import optuna
 
     from hat.config import TrainConfig
-    from studies import common, tuning
+    from studies.lib import common, tuning
 
     arm = common.rule_arm("hebb", "hebb")
     space = {**tuning.SHARED_SPACE, **arm.space}
@@ -270,7 +270,7 @@ def test_tune_arm_warm_starts_from_the_control(tmp_path):
 
     from hat.config import TrainConfig
     from hat.trainer import RunResult
-    from studies import common, tuning, workqueue
+    from studies.lib import common, tuning, workqueue
 
     seen = []
 
@@ -298,7 +298,8 @@ def test_marginal_design_fixes_the_controls_learner_settings(tmp_path):
 
     from hat.config import ConfigError, TrainConfig
     from hat.trainer import RunResult
-    from studies import common, labels, tuning, workqueue
+    from studies import labels
+    from studies.lib import common, tuning, workqueue
 
     seen = {}
 
@@ -340,7 +341,7 @@ def test_progress_reaches_every_run_on_resume(tmp_path):
     """A resumed study's bar still counts the runs finished before it (or by other workers): it ends full."""
     from hat.config import TrainConfig
     from hat.trainer import RunResult
-    from studies import common, workqueue
+    from studies.lib import common, workqueue
 
     trained = []
 
@@ -370,7 +371,7 @@ def test_unit_finished_after_its_trial_was_reclaimed_is_kept(tmp_path):
     """If another worker failed a slow unit's trial as stale, the finished result is still recorded once."""
     import optuna
 
-    from studies import workqueue
+    from studies.lib import workqueue
 
     storage = workqueue.open_storage(f"sqlite:///{tmp_path}/optuna.db")
     name = "reclaim"
@@ -394,7 +395,7 @@ def test_tuning_resume_is_exact(tmp_path):
 
     from hat.config import TrainConfig
     from hat.trainer import RunResult
-    from studies import common, tuning, workqueue
+    from studies.lib import common, tuning, workqueue
 
     class Died(Exception):
         pass
@@ -441,7 +442,7 @@ def test_slot_sampler_repeats_per_arm_and_slot_and_differs_across_arms():
     """A slot's suggestion depends on (seed, arm, slot) only: reproducible on resume, and arms do not share draws."""
     import optuna
 
-    from studies import common, tuning
+    from studies.lib import common, tuning
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     scale = common.Scale(trials=6)

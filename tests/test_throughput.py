@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from studies import throughput
+from bench import throughput
 
 
 def test_throughput_table_and_mlflow(tmp_path, capsys):

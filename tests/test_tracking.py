@@ -208,7 +208,7 @@ def test_worker_with_empty_out_fetches_phase1_snapshots_from_mlflow(toy_data, tm
     import shutil
 
     from rules.snapshot import load_snapshot
-    from studies import common, workqueue
+    from studies.lib import common, workqueue
 
     uri = f"sqlite:///{tmp_path}/store/mlflow.db"
     storage = workqueue.open_storage(f"sqlite:///{tmp_path}/store/optuna.db")

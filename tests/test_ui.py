@@ -1,4 +1,4 @@
-"""The MLflow UI of a smoke study, in a real headless browser (studies.ui_check; CI installs Debian's chromium)."""
+"""The MLflow UI of a smoke study, in a real headless browser (bench.ui_check; CI installs Debian's chromium)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from studies import ui_check
+from bench import ui_check
 
 REPO = Path(__file__).resolve().parents[1]
 

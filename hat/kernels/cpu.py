@@ -106,7 +106,7 @@ with no compiler on the user's machine, and code that stays in this Python repos
 * jax: XLA CPU would fuse the broadcast but materializes per-op buffers of size B*O*I*H
   for the backward, and it is another array framework next to torch.
 
-Measured (`python -m studies.throughput --threads T --impls "" --compare-pops 1 --no-train`,
+Measured (`python -m bench.throughput --threads T --impls "" --compare-pops 1 --no-train`,
 float32, forward + backward of the delta, on the 2-core AMD EPYC (Zen 4, AVX-512) of the
 session that wrote this, shared with other jobs (load average 1.5-11 during the runs, so
 medians of 5-7 round-robin steps, best step in brackets; the machine's noise hits fused's

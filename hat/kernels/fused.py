@@ -40,7 +40,7 @@ Speed (eager, the default). All per-block reductions write into preallocated buf
 (`out=`), because large temporary allocations (page faults on first touch) cost as much
 as the arithmetic on CPU. Each step is a streaming pass over a block: forward 3-4 passes
 (z and activation 2-3, see `_hidden` for the ReLU shortcut; sum over the batch 1),
-backward 6-9. Measured with `python -m studies.throughput` on the 2-core CPU of the session that
+backward 6-9. Measured with `python -m bench.throughput` on the 2-core CPU of the session that
 wrote this, paper layer (B=50, 784 -> 183, M 3-100-1 ReLU), forward + backward, float32:
 2 threads, quiet machine: fused 1.0-1.3 s (peak RSS 0.75 GB), naive dense autograd 11.5 s
 (8.9 GB), i.e. ~9x; 1 thread: fused 1.9-2.4 s, naive 13-22 s. The many mid-sized ops

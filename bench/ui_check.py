@@ -1,13 +1,13 @@
 """Check a study's MLflow UI in a real browser: the arm-by-arm comparison view lists every arm.
 
 Starts `mlflow ui` on the study's tracking store (a free localhost port), finds the study's parent run and its
-arm parent runs (study -> arm -> run, see studies.common.Context.arm_parent), opens the UI's compare view of the
+arm parent runs (study -> arm -> run, see studies.lib.common.Context.arm_parent), opens the UI's compare view of the
 arm parents in headless Chromium (the system's `chromium`, Debian package `chromium`), lets the page's scripts
 run, and checks that the rendered DOM names every arm and shows the summaries logged at report time. It
 saves a screenshot of the view and the DOM beside it.
 
-Run:   python -m studies.ui_check --study fixed_rule-smoke --out runs/ui_check
-       python -m studies.ui_check --study fixed_rule-quick --tracking-uri sqlite:///mlflow/mlflow.db
+Run:   python -m bench.ui_check --study fixed_rule-smoke --out runs/ui_check
+       python -m bench.ui_check --study fixed_rule-quick --tracking-uri sqlite:///mlflow/mlflow.db
 Exit status 0 when every check passed, 1 when one failed (each printed), 2 for bad input.
 """
 
@@ -29,7 +29,7 @@ from pathlib import Path
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")  # tried in this order
 RENDER_MS = 20000  # virtual time the page's scripts get before the DOM is dumped
 SUMMARY = {".diff": "paired-difference metrics", "verdict.": "verdict tags"}  # logged on the arm parents by
-# studies.report.log_arm_summaries; the view's tables are virtualized, so not every row is in the DOM
+# studies.lib.report.log_arm_summaries; the view's tables are virtualized, so not every row is in the DOM
 
 
 def find_browser() -> str | None:
@@ -150,7 +150,7 @@ def check(uri: str, study: str, out: Path, browser: str | None = None) -> list[s
 def main(argv: list[str] | None = None) -> int:
     from hat.tracking import tracking_uri
 
-    p = argparse.ArgumentParser(prog="python -m studies.ui_check", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m bench.ui_check", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--study", required=True, help="the study's name (e.g. fixed_rule-quick)")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or mlflow/)")

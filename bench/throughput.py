@@ -72,9 +72,9 @@ step time is the trainer's per-step overhead (Python, launches, optimizer bookke
 
 The table and the numbers go to MLflow (a run tagged phase=throughput; --no-mlflow to skip).
 
-Run:  python -m studies.throughput                           # CPU defaults, a few minutes
-      python -m studies.throughput --device cuda --out throughput.md
-      python -m studies.throughput --sizes paper --impls fused,naive --repeats 5
+Run:  python -m bench.throughput                           # CPU defaults, a few minutes
+      python -m bench.throughput --device cuda --out throughput.md
+      python -m bench.throughput --sizes paper --impls fused,naive --repeats 5
 """
 
 from __future__ import annotations
@@ -265,7 +265,7 @@ def measure(size: str, impl: str, device: str, batch: int, repeats: int, warmup:
 
 
 def measure_in_subprocess(job: dict, timeout: float) -> dict:
-    cmd = [sys.executable, "-m", "studies.throughput", "--worker", json.dumps(job)]
+    cmd = [sys.executable, "-m", "bench.throughput", "--worker", json.dumps(job)]
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     try:
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
@@ -321,7 +321,7 @@ def table(rows: list[dict], peak_tflops: float | None, device: str) -> str:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m studies.throughput", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m bench.throughput", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n\n".join(__doc__.split("\n\n")[1:]))
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")

@@ -3,7 +3,7 @@ submitit (`pip install -e ".[cluster]"`), then waits for them.
 
 Each worker runs the same command without the launch flags and without `--fresh` (the launcher forgets the old
 work once, before submitting), with `--no-report --no-progress`; the workers split the units through the shared
-`--storage` (studies.workqueue). When they are done, the launching command goes on as any worker would: it finds
+`--storage` (studies.lib.workqueue). When they are done, the launching command goes on as any worker would: it finds
 every unit done (or finishes what a failed worker left) and writes the report.
 
 local: N local processes (submitit's LocalExecutor). slurm: N SLURM jobs (submitit's SlurmExecutor), one task

@@ -68,11 +68,11 @@ def run_cost(cfg) -> float:
 def plan(base, scale, arms: list, hat_runs: int = 0) -> list[float]:
     """Expected cost of every training run of a standard study, in the order one worker runs them.
 
-    base: the study's TrainConfig; arms: `studies.common.Arm`s (preset values stand in for the tuned ones);
+    base: the study's TrainConfig; arms: `studies.lib.common.Arm`s (preset values stand in for the tuned ones);
     hat_runs: phase-1 runs with a trainable meta-learner (0 when snapshots are reused)."""
-    from studies.tuning import tuned_first
+    from studies.lib.tuning import tuned_first
 
-    ordered = tuned_first(arms)  # as studies.tuning.tune_all
+    ordered = tuned_first(arms)  # as studies.lib.tuning.tune_all
     costs = [run_cost(base.replace(rule="mlp", trainable_rule=True))] * hat_runs
     for a in ordered:
         costs += [run_cost(a.config(base))] * (scale.trials * scale.tuning_seeds)

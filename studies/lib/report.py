@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from hat.tracking import REPO_ROOT, ui_command
-from studies.analysis import (
+from studies.lib.analysis import (
     METRICS,
     Hypothesis,
     accuracy_matrix,
@@ -25,8 +25,8 @@ from studies.analysis import (
     metric_outcomes,
     verdict_lines,
 )
-from studies.common import Arm, Context
-from studies.tuning import CONDITIONAL, TUNING_SEED_BASE
+from studies.lib.common import Arm, Context
+from studies.lib.tuning import CONDITIONAL, TUNING_SEED_BASE
 
 
 def write_results_csv(results: dict[tuple[str, int], dict], path: Path) -> Path:
@@ -156,7 +156,7 @@ def wall_time(ctx: Context) -> str:
 def provenance_lines(ctx: Context) -> list[str]:
     """The report's provenance block: command, git commit and dirty flag, package versions, device, date, data."""
     from hat.data import data_root
-    from studies import provenance as pv
+    from studies.lib import provenance as pv
 
     args = ctx.args
     command = getattr(args, "command", None) or f"python -m studies.{ctx.study} (command line not recorded)"
@@ -182,8 +182,8 @@ def provenance_lines(ctx: Context) -> list[str]:
 def settings_table(ctx: Context) -> str:
     """Every study-size and training setting with its value, whether it differs from the preset, and its meaning."""
     from hat.config import TrainConfig, preset
-    from studies import stats
-    from studies.common import SCALES, Scale
+    from studies.lib import stats
+    from studies.lib.common import SCALES, Scale
 
     rows = []
     scale_default = Scale(**SCALES.get(getattr(ctx.args, "preset", ""), {})) if ctx.args is not None else None
@@ -332,7 +332,7 @@ LEGEND = {
 
 
 def param_legend(name: str) -> str:
-    """What a tuned parameter's column means (search-space keys of studies.tuning)."""
+    """What a tuned parameter's column means (search-space keys of studies.lib.tuning)."""
     from hat.config import TrainConfig
 
     if name in CONDITIONAL:
@@ -402,7 +402,7 @@ def _tuning_study(ctx: Context, arm: str):
 
 
 def counted_trials(trials, n: int) -> set[int]:
-    """Numbers of the trials that make up an arm's budget of n, as studies.tuning counts them: per slot 0..n-1 the
+    """Numbers of the trials that make up an arm's budget of n, as studies.lib.tuning counts them: per slot 0..n-1 the
     first complete or pruned trial holding it (trials without slots: the first n complete or pruned)."""
     done = [t for t in sorted(trials, key=lambda t: t.number) if t.state.name in ("COMPLETE", "PRUNED")]
     if not any("slot" in t.user_attrs for t in trials):
@@ -438,7 +438,7 @@ def tuning_section(ctx: Context, arms: list[Arm], tuned: dict[str, dict], colors
                    suffix: str = "") -> tuple[list[str], list[Path]]:
     """Per arm: its trials (values tried, objective, state), the chosen values, and one best-so-far figure."""
     from hat.plots import plot_tuning
-    from studies import stats
+    from studies.lib import stats
 
     if ctx.scale.trials == 0:
         return ["## Tuning", "", "Tuning skipped (`--trials 0`): every arm uses the preset's values.", ""], []
@@ -481,7 +481,7 @@ def finish_report(ctx: Context, title: str, doc: str, sections: list[str], files
 
     report.md: title, provenance, verdicts at a glance, settings, the study's docstring, the verdict rule, the
     study's sections, and a legend of every table column (`LEGEND`, plus the study's own `legend` entries)."""
-    from studies import stats
+    from studies.lib import stats
 
     path = ctx.out / "report.md"
     body = "\n".join(sections)
@@ -557,7 +557,7 @@ def difference_rows(results: dict, seeds: list[int], hypotheses: list[Hypothesis
     failure value, pairs with a missing value left out, as the comparison does), mean, 95% CI, margin, verdict."""
     import numpy as np
 
-    from studies import stats
+    from studies.lib import stats
 
     rows = []
     for h, c in zip(hypotheses, comps):
@@ -585,7 +585,7 @@ def curve_references(names: list[str], hypotheses: list[Hypothesis]) -> tuple[di
 
 
 def tuning_text(scale) -> str:
-    """One paragraph: how the arms were tuned, naming the design (studies.tuning)."""
+    """One paragraph: how the arms were tuned, naming the design (studies.lib.tuning)."""
     if scale.trials == 0:
         return "Tuning skipped (`--trials 0`): every arm uses the preset's values."
     text = (f"Tuning design `{scale.design}`. Every arm was tuned with {scale.trials} Optuna trials (TPE, seed "

@@ -10,13 +10,13 @@
    The test set is never looked at. `--trials 0` skips tuning.
 3. Replicates: the tuned config of every arm on the final seeds 0..N-1. Seed s
    gives every arm the same learner initialization and data order.
-4. Analysis: `studies.stats` on the paired differences against the control,
+4. Analysis: `studies.lib.stats` on the paired differences against the control,
    Holm-corrected over the study's family; diverged runs count as failures.
 5. Output: `report.md`, `results.csv`, `curves.csv`, PNG figures, all in
    `runs/<study name>/` and on the MLflow parent run of the study.
 
-Modules: `studies.tuning` (search spaces, per-arm tuning), `studies.workqueue`
-(the work split across workers, resume), `studies.report` (tables, verdicts,
+Modules: `studies.lib.tuning` (search spaces, per-arm tuning), `studies.lib.workqueue`
+(the work split across workers, resume), `studies.lib.report` (tables, verdicts,
 figures); this one holds the shared pieces: arms, hypotheses, metrics, study
 sizes, the command line, the context and the replicate and phase-1 phases.
 """
@@ -34,10 +34,10 @@ from pathlib import Path
 
 from hat.config import TrainConfig
 from hat.tracking import REPO_ROOT, Tracker
-from studies import launch, progress, workqueue
-from studies.provenance import CommandParser
-from studies.tuning import CONDITIONAL, DESIGNS, RATE_SPACE, Param, tune_all
-from studies.workqueue import delete_studies, open_storage, run_units
+from studies.lib import launch, progress, workqueue
+from studies.lib.provenance import CommandParser
+from studies.lib.tuning import CONDITIONAL, DESIGNS, RATE_SPACE, Param, tune_all
+from studies.lib.workqueue import delete_studies, open_storage, run_units
 
 PHASE1_SEED_BASE = 20_000  # meta-learner (phase 1) runs: 20000, 20001, ... (never a fresh learner's seed)
 
@@ -224,12 +224,12 @@ class Context:
     out: Path
     data: object
     progress: bool = True
-    args: object = None  # the parsed command line; args.command is the exact command (studies.provenance)
+    args: object = None  # the parsed command line; args.command is the exact command (studies.lib.provenance)
     arm_parents: dict[str, str] = field(default_factory=dict)  # arm -> its MLflow parent run (created on first use)
 
     @property
     def unit_tracker(self):
-        """The tracker for a unit's runs: each run it starts is recorded with the unit's trial (studies.workqueue)."""
+        """The tracker for a unit's runs: each run it starts is recorded with the unit's trial (studies.lib.workqueue)."""
         return UnitTracker(self.tracker) if self.tracker is not None else None
 
     def fail_parent(self, error: BaseException | str) -> None:
@@ -358,7 +358,7 @@ class Context:
 
 class UnitTracker:
     """A `hat.tracking.Tracker` whose `start_run` tags the run with the current unit ("unit_trial") and records
-    its id with the unit's trial, so a dead unit's runs can be closed (studies.workqueue.close_unit_runs)."""
+    its id with the unit's trial, so a dead unit's runs can be closed (studies.lib.workqueue.close_unit_runs)."""
 
     def __init__(self, tracker: Tracker):
         self.tracker = tracker

@@ -2,7 +2,7 @@
 
 `METRICS` maps a metric name to a `Metric`: a function of one run's result dict, its margin, the value a
 diverged run is scored as, its unit and direction. `compare_hypotheses` runs one family
-(`studies.stats.holm_family`) of `studies.stats.compare` over a study's hypotheses; the table helpers format it.
+(`studies.lib.stats.holm_family`) of `studies.lib.stats.compare` over a study's hypotheses; the table helpers format it.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def _curve_xy(r: dict, key: str = "val_acc", x: str = "epoch"):
 
 
 def _auc_first(r: dict, epochs: float = 1.0) -> float:
-    from studies import stats
+    from studies.lib import stats
 
     x, y = _curve_xy(r)
     keep = x <= epochs + 1e-9
@@ -44,7 +44,7 @@ def _stability(r: dict, last: int = 3) -> float:
 
 @dataclass(frozen=True)
 class Metric:
-    """A per-run metric and how the decision rule treats it (see studies.stats.VERDICT_RULE)."""
+    """A per-run metric and how the decision rule treats it (see studies.lib.stats.VERDICT_RULE)."""
 
     fn: Callable[[dict], float]  # one run's result dict -> value; NaN when undefined (e.g. too few evaluations)
     margin: float  # smallest difference that matters, in `unit`
@@ -96,7 +96,7 @@ def accuracy_matrix(results: dict[tuple[str, int], dict], arms: list[str], seeds
 def compare_one(results: dict, seeds: list[int], h: Hypothesis, margin: float | None = None, n_boot: int = 10000,
                 random_state: int = 0):
     """One unadjusted comparison of a hypothesis (pairs with a missing value left out and counted)."""
-    from studies import stats
+    from studies.lib import stats
 
     a, _, miss_a = metric_outcomes(results, h.arm, seeds, h.metric)
     c, _, miss_c = metric_outcomes(results, h.control, seeds, h.metric)
@@ -117,9 +117,9 @@ def compare_one(results: dict, seeds: list[int], h: Hypothesis, margin: float | 
 
 
 def compare_hypotheses(results: dict, seeds: list[int], hypotheses: list[Hypothesis], margin: float | None, n_boot: int):
-    """One family (studies.stats.holm_family): every hypothesis's arm against its control, on its metric, with the
+    """One family (studies.lib.stats.holm_family): every hypothesis's arm against its control, on its metric, with the
     metric's margin and failure value (`margin`, i.e. Scale.margin, overrides the margin of accuracy metrics)."""
-    from studies import stats
+    from studies.lib import stats
 
     return stats.holm_family([compare_one(results, seeds, h, margin, n_boot, i) for i, h in enumerate(hypotheses)])
 
@@ -133,7 +133,7 @@ def verdict_lines(hypotheses: list[Hypothesis], comps) -> list[str]:
 
 
 def comparison_table(comps, hypotheses: list[Hypothesis]) -> str:
-    from studies import stats
+    from studies.lib import stats
 
     rows = []
     for h, c in zip(hypotheses, comps):
@@ -151,7 +151,7 @@ def comparison_table(comps, hypotheses: list[Hypothesis]) -> str:
 def metrics_table(names: list[str] | None = None) -> str:
     """The per-metric conventions of the decision rule, for the report (Scale.margin overrides the accuracy
     metrics' margin; the comparison table shows the margin used)."""
-    from studies import stats
+    from studies.lib import stats
 
     return stats.format_table([{"metric": k, "unit": METRICS[k].unit,
                                 "better": "higher" if METRICS[k].higher_is_better else "lower",
@@ -161,7 +161,7 @@ def metrics_table(names: list[str] | None = None) -> str:
 
 def arm_table(acc: dict[str, np.ndarray], tuned: dict[str, dict]) -> str:
     """Mean test accuracy per arm with diverged runs kept, scored as the failure value, and counted."""
-    from studies import stats
+    from studies.lib import stats
 
     rows = []
     for a, v in acc.items():

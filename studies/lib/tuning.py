@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hat.config import TrainConfig
-from studies.workqueue import (
+from studies.lib.workqueue import (
     POLL_S,
     Heartbeat,
     _mark_claimed,

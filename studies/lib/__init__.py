@@ -1,0 +1,1 @@
+"""The studies' protocol library: what every study shares (see the package modules)."""
