@@ -27,7 +27,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from hat import elementwise
+from hat.kernels import elementwise
 
 
 class Rule(nn.Module):

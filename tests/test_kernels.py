@@ -1,4 +1,4 @@
-"""Backends of `hat.kernels` against the dense reference `hat.elementwise.dense_*(form.pointwise, ...)`.
+"""Backends of `hat.kernels` against the dense reference `hat.kernels.elementwise.dense_*(form.pointwise, ...)`.
 
 * chunked and fused: float64, forward values and the gradients of pre, w, post, grad, w1,
   b1, w2, b2 equal the dense autograd reference to 1e-9 (relative and absolute), with the
@@ -26,8 +26,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from hat import elementwise, kernels
-from hat.kernels import MLPForm, fused
+from hat import kernels
+from hat.kernels import MLPForm, elementwise, fused
 
 ROOT = Path(__file__).resolve().parents[1]
 

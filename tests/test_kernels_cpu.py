@@ -1,4 +1,4 @@
-"""The numba `cpu` backend (`hat.kernels.cpu`) against the dense reference `hat.elementwise.dense_*`.
+"""The numba `cpu` backend (`hat.kernels.cpu`) against the dense reference `hat.kernels.elementwise.dense_*`.
 
 * float64: values and the gradients of pre, w, post, grad, w1, b1, w2, b2 equal the dense
   autograd reference to 1e-9, for ReLU and tanh, 3 and 4 inputs (and two other input
@@ -30,8 +30,8 @@ import pytest
 import torch
 from test_kernels import NAMES, TIGHT, assert_same, make_case
 
-from hat import elementwise, kernels
-from hat.kernels import MLPForm, cpu, fused
+from hat import kernels
+from hat.kernels import MLPForm, cpu, elementwise, fused
 
 ROOT = Path(__file__).resolve().parents[1]
 INPUT_SETS = [("pre", "w", "post"), ("pre", "w", "post", "grad"), ("grad", "post"), ("w", "pre")]

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import rules
-from hat import elementwise
+from hat.kernels import elementwise
 from rules.base import ElementwiseRule, Rule
 from rules.snapshot import SnapshotError, save_snapshot
 

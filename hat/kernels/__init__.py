@@ -7,7 +7,7 @@ per-sample variant. Both are differentiable in every tensor argument (first orde
 the fused, cpu and triton backends do not support double backward).
 
 Backends:
-  "chunked"  the generic, memory-bounded path of `hat.elementwise` (autograd through
+  "chunked"  the generic, memory-bounded path of `hat.kernels.elementwise` (autograd through
              checkpointed blocks; correct everywhere, slow).
   "fused"    `hat.kernels.fused`: pure torch, any device; analytic backward computed
              block by block, exploiting that the first layer is an outer sum.
@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from hat import elementwise
+from hat.kernels import elementwise
 
 ACTS = {"relu": torch.relu, "tanh": torch.tanh}
 INPUT_NAMES = ("pre", "w", "post", "grad")
