@@ -25,14 +25,11 @@ from hat import kernels
 
 
 def _mlp_forms(rules):
-    """The pairs' MLPForms when every rule is a plain `mlp`-family rule (its delta is the MLP kernel), else None."""
-    from rules.mlp import MLPRule
-
-    if all(isinstance(r, MLPRule) and type(r).delta is MLPRule.delta
-           and type(r).per_sample_drive is MLPRule.per_sample_drive for r in rules):
-        forms = [r.form() for r in rules]
-        if len({(f.act, f.inputs, f.hidden) for f in forms}) == 1:
-            return forms
+    """The pairs' MLPForms when every rule's delta is the MLP kernel of its form (`Rule.mlp_form`) and the forms
+    share one shape, else None."""
+    forms = [r.mlp_form() for r in rules]
+    if all(f is not None for f in forms) and len({(f.act, f.inputs, f.hidden) for f in forms}) == 1:
+        return forms
     return None
 
 
@@ -119,8 +116,7 @@ def forward(learners, rules, x: Tensor, cfg, grads: list[Tensor | None], layers:
         v_hat = lr0.rule_post_act(layer, cfg)(z)  # (P, B, O): placeholder output, as M sees it
         pre, ww, post = (v.detach(), w.detach(), v_hat.detach()) if cfg.detach_rule_inputs else (v, w, v_hat)
         for r in rules:
-            if hasattr(r, "set_layer"):
-                r.set_layer(layer)  # rules with per-layer coefficients or state (rules/base.py)
+            r.set_layer(layer)  # rules with per-layer coefficients or state (`Rule.set_layer`)
         g = None
         if rules[0].uses_grad:
             g = grads[layer][0] if one else grads[layer]  # (P, O, I)

@@ -115,9 +115,8 @@ def input_errors() -> tuple[type[BaseException], ...]:
     from hat.config import ConfigError
     from hat.data import DataError
     from hat.tracking import TrackingError
-    from rules.snapshot import SnapshotError
 
-    return ConfigError, DataError, TrackingError, SnapshotError, rules.UnknownRuleError, rules.RuleParamsError
+    return ConfigError, DataError, TrackingError, rules.SavedRuleError, rules.UnknownRuleError, rules.RuleParamsError
 
 
 def check_rule(cfg: TrainConfig) -> None:

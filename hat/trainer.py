@@ -30,7 +30,6 @@ Evaluation uses the plain forward pass (no local update, no logit ReLU).
 
 from __future__ import annotations
 
-import inspect
 import math
 import time
 import warnings
@@ -44,7 +43,7 @@ from torch import Tensor, nn
 
 import rules
 from hat import data as hat_data
-from hat import population
+from hat import population, snapshots
 from hat.config import TrainConfig
 from hat.device import pick_device
 
@@ -112,16 +111,14 @@ class Learner(nn.Module):
 
 
 def build_rule(cfg: TrainConfig) -> rules.Rule:
-    params = dict(cfg.rule_params)
-    if cfg.rule == "mlp":
-        params = {**cfg.mlp, **params}
-    cls = rules.rule_class(cfg.rule)
-    if "seed" in inspect.signature(cls.__init__).parameters and "seed" not in params:
-        params["seed"] = cfg.seed  # each seed's meta-learner starts differently
-    if "n_layers" in inspect.signature(cls.__init__).parameters and "n_layers" not in params:
-        params["n_layers"] = len(cfg.widths) - 1  # rules with per-layer coefficients or state
-    rule = rules.get(cfg.rule, **params)
-    if hasattr(rule, "set_trainable") and not cfg.trainable_rule:
+    """The rule of `cfg` (rule `mlp`: --mlp under --rule-params) with the run's context, where its class declares it
+    (`Rule.context`): the seed (each seed's meta-learner starts differently), the learner's number of weight layers,
+    and the loader of saved rules (`hat.snapshots`; rule parameters name snapshots by path). Frozen when
+    `trainable_rule` is off."""
+    params = {**cfg.mlp, **cfg.rule_params} if cfg.rule == "mlp" else dict(cfg.rule_params)
+    rule = rules.build(cfg.rule, params, seed=cfg.seed, n_layers=len(cfg.widths) - 1,
+                       loader=snapshots.rule_from_snapshot)
+    if not cfg.trainable_rule:
         rule.set_trainable(False)
     return rule
 
@@ -240,8 +237,8 @@ def train_population(cfg: TrainConfig, seeds: list[int], data: hat_data.Data | N
                 for c in cfgs]
     rules_ = None if cfg.rule == "none" else [build_rule(c).to(device) for c in cfgs]
     for r in rules_ or ():
-        for m in r.modules():
-            if hasattr(m, "memory_budget"):
+        for m in r.modules():  # the rule and any rule inside it (noise's reference)
+            if isinstance(m, rules.Rule):
                 m.memory_budget = cfg.memory_budget_mb * 2**20
     # One optimizer over every pair's parameters: its state is per tensor, so it steps each pair as
     # that pair's own optimizer would; a pair that does not step this time has its gradients cleared.
@@ -336,8 +333,7 @@ def train_population(cfg: TrainConfig, seeds: list[int], data: hat_data.Data | N
                 flags = [torch.rand((), generator=g).item() < cfg.label_fraction for g in batch_gens]
                 mask = torch.tensor(flags, device=device)[:, None].expand(P, idx.shape[1])  # (P, B)
             for r in rules_ or ():
-                if hasattr(r, "set_epoch"):
-                    r.set_epoch(step / steps_per_epoch)  # time-varying rules (e.g. a replayed schedule)
+                r.set_epoch(step / steps_per_epoch)  # time-varying rules (e.g. a replayed schedule)
             logits, new_ws = population.forward(learners, rules_, xb, cfg, grads, layers)
             losses = labeled_losses(logits, yb, mask)  # (P,)
             finite = torch.isfinite(losses)
@@ -405,7 +401,7 @@ def train_population(cfg: TrainConfig, seeds: list[int], data: hat_data.Data | N
             done = step + 1
             if bar is not None:
                 bar.update(1)
-            if done in snap_at and rules_ is not None and hasattr(rules_[0], "config"):
+            if done in snap_at and rules_ is not None and rules_[0].config() is not None:
                 for p in range(P):
                     if alive[p]:
                         results[p].snapshots.append(str(_save_snapshot(rules_[p], cfgs[p], done, snap_at[done],
@@ -463,11 +459,8 @@ def train_population(cfg: TrainConfig, seeds: list[int], data: hat_data.Data | N
 
 
 def _save_snapshot(rule, cfg: TrainConfig, step: int, epoch: float, out_dir: Path | None, run) -> Path:
-    from rules.snapshot import save_snapshot
-
-    base = out_dir or Path("runs") / "train"
-    path = save_snapshot(rule, base / "snapshots" / f"{cfg.rule}_seed{cfg.seed}_epoch{epoch:g}.pt",
-                         step=step, epoch=epoch, seed=cfg.seed, widths=list(cfg.widths))
+    path = snapshots.save_snapshot(rule, snapshots.run_snapshot_path(out_dir, cfg.rule, cfg.seed, epoch),
+                                   step=step, epoch=epoch, seed=cfg.seed, widths=list(cfg.widths))
     if run is not None:
         run.log_artifact(path, "snapshots")
         run.log_artifact(path.with_suffix(".json"), "snapshots")

@@ -1,8 +1,11 @@
-"""Registry of local learning rules.
+"""Registry of local learning rules: this package lists rules, one file each (plus `base`, the interface).
 
     import rules
-    rules.available()                 # ['converged', 'gha', 'hebb', ...]
+    rules.available()                 # ['abcd', 'bcm', 'converged', ...]
+    rules.names(kind="fixed")         # ['bcm', 'converged', 'gha', 'hebb', 'krotov', 'noise', 'oja']
+    rules.rule_class("converged").kind, rules.rule_class("converged").study_params   # 'fixed', {'c': 2.0}
     rule = rules.get("converged", c=2.0)
+    rule = rules.build("abcd", {"init_std": 0.1}, seed=3, n_layers=2)   # with the run's context
 
 Adding a rule is one file in this package with a decorated class:
 
@@ -11,12 +14,13 @@ Adding a rule is one file in this package with a decorated class:
 
     @register("mine")
     class Mine(ElementwiseRule):
-        name = "mine"
+        cost = 1.2  # per-step cost relative to a backprop step
         def pointwise(self, vi, w, vj, g=None):
             return vi * vj - w
 
-Another installed package can contribute rules through the entry-point group
-`hat.rules` (`name = "module:Class"`).
+What a class may declare (kind, cost, study and tunable parameters, run context, hooks) is in `rules.base`.
+Another installed package can contribute rules through the entry-point group `hat.rules` (`name = "module:Class"`).
+This package imports nothing of `hat` but `hat.kernels`; rules that read saved rules get a loader from the trainer.
 """
 
 from __future__ import annotations
@@ -26,10 +30,10 @@ import json
 import pkgutil
 from importlib.metadata import entry_points
 
-from rules.base import ElementwiseRule, Rule
+from rules.base import CONTEXT, KINDS, ElementwiseRule, Rule, SavedRuleError
 
-__all__ = ["ElementwiseRule", "Rule", "RuleParamsError", "UnknownRuleError", "accepted_params", "available", "get",
-           "register"]
+__all__ = ["CONTEXT", "KINDS", "ElementwiseRule", "Rule", "RuleParamsError", "SavedRuleError", "UnknownRuleError",
+           "accepted_params", "available", "build", "check_params", "get", "names", "register", "rule_class"]
 
 _REGISTRY: dict[str, type[Rule]] = {}
 _loaded = False
@@ -76,7 +80,15 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def names(kind: str | None = None) -> list[str]:
+    """Sorted names of the registered rules of `kind` (one of `rules.KINDS`), or of every rule."""
+    if kind is not None and kind not in KINDS:
+        raise ValueError(f"unknown rule kind {kind!r}; known: {', '.join(KINDS)}")
+    return [n for n in available() if kind is None or _REGISTRY[n].kind == kind]
+
+
 def rule_class(name: str) -> type[Rule]:
+    """The class registered as `name` (its declarations: `kind`, `cost`, `study_params`, ... see `rules.base`)."""
     _load_all()
     try:
         return _REGISTRY[name]
@@ -108,6 +120,17 @@ def check_params(name: str, params: dict) -> None:
                               f"accepted keys: {shown}")
 
 
+def build(name: str, params: dict, **context) -> Rule:
+    """The rule `name` from its JSON parameters and the run's context (keywords among `rules.CONTEXT`: seed,
+    n_layers, loader): each context value the class declares in `context` is passed unless `params` sets it."""
+    cls = rule_class(name)
+    unknown = set(context) - set(CONTEXT)
+    if unknown:
+        raise ValueError(f"unknown run context {sorted(unknown)}; known: {', '.join(CONTEXT)}")
+    given = {k: v for k, v in context.items() if k in cls.context and k not in params}
+    return get(name, **params, **given)
+
+
 def get(name: str, **params) -> Rule:
     """Instantiate the rule registered as `name` with keyword `params` (RuleParamsError for unknown keys)."""
     cls = rule_class(name)
@@ -117,3 +140,4 @@ def get(name: str, **params) -> Rule:
     except TypeError as e:
         raise RuleParamsError(f"bad parameters for rule {name!r}: {e}; accepted keys: "
                               f"{', '.join(accepted_params(cls)[0]) or 'none'}") from None
+

@@ -22,6 +22,10 @@ NAMES = ("A", "B", "C", "D")
 
 @register("abcd")
 class ABCD(ElementwiseRule):
+    kind = "meta-learned"
+    cost = 1.5
+    context = ("seed", "n_layers")
+
     def __init__(self, coef=None, n_layers: int = 2, init_std: float = 0.1, seed: int = 0, trainable: bool = True):
         super().__init__()
         self.n_layers = int(n_layers)

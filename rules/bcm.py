@@ -25,6 +25,9 @@ from rules.base import Rule
 
 @register("bcm")
 class BCM(Rule):
+    cost = 1.5
+    context = ("n_layers",)
+
     def __init__(self, tau: float = 0.1, n_layers: int = 2):
         super().__init__()
         if not 0.0 < tau <= 1.0:

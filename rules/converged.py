@@ -6,6 +6,10 @@ from rules.base import ElementwiseRule
 
 @register("converged")
 class Converged(ElementwiseRule):
+    cost = 1.2
+    study_params = {"c": 2.0}
+    tunable = {"c": ("float", -4.0, 4.0)}  # either sign: a tuned c < 0 is the opposite rule
+
     def __init__(self, c: float = 2.0):
         super().__init__()
         self.c = float(c)  # slope of the fitted linear rule in v_j

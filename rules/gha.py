@@ -13,6 +13,8 @@ from rules.base import Rule
 
 @register("gha")
 class GHA(Rule):
+    cost = 1.7
+
     def delta(self, pre, w, post, grad=None):
         hebb = post.T @ pre  # (O, I)
         lateral = torch.tril(post.T @ post) @ w  # (O, O) @ (O, I) -> (O, I)

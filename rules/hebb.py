@@ -6,6 +6,8 @@ from rules.base import ElementwiseRule
 
 @register("hebb")
 class Hebb(ElementwiseRule):
+    cost = 1.2
+
     def pointwise(self, vi, w, vj, g=None):
         return vi * vj
 

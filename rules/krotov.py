@@ -23,6 +23,9 @@ from rules.base import Rule
 
 @register("krotov")
 class Krotov(Rule):
+    cost = 2.0
+    context = ("n_layers",)
+
     def __init__(self, p: float = 2.0, k: int = 2, delta: float = 0.4, n_layers: int = 2):
         super().__init__()
         if p < 2 or k < 1:

@@ -2,7 +2,9 @@
 
 Paper preset: inputs (pre, w, post), 100 ReLU units. Authors' preset: inputs
 (pre, w, post, grad), 30 tanh units. Trainable by default; `trainable=False`
-freezes it (its inputs still carry gradients to the learner).
+freezes it (its inputs still carry gradients to the learner). Its `delta` and
+`per_sample_drive` are the kernels of `hat.kernels` (`mlp_form`), and so are
+those of the frozen rules built from saved M's (snapshot, mean, schedule).
 """
 
 from __future__ import annotations
@@ -12,11 +14,14 @@ from torch import nn
 
 from hat import kernels
 from rules import register
-from rules.base import ElementwiseRule
+from rules.base import ElementwiseRule, Loader, mlp_step_cost
 
 
 @register("mlp")
 class MLPRule(ElementwiseRule):
+    kind = "meta-learned"
+    context = ("seed",)
+
     def __init__(self, inputs=("pre", "w", "post"), hidden: int = 100, act: str = "relu",
                  init_std: float | None = None, seed: int = 0, trainable: bool = True):
         super().__init__()
@@ -33,6 +38,7 @@ class MLPRule(ElementwiseRule):
         self.uses_grad = "grad" in self.inputs
         self.hidden_width = self.hidden
         self.seed = int(seed)
+        self.source: dict = {}  # where a loaded M comes from: step, epoch, seed and path of its snapshot
         self.l1 = nn.Linear(len(self.inputs), self.hidden)
         self.l2 = nn.Linear(self.hidden, 1)
         gen = torch.Generator().manual_seed(self.seed)
@@ -50,6 +56,14 @@ class MLPRule(ElementwiseRule):
     def form(self) -> kernels.MLPForm:
         return kernels.MLPForm(self.l1.weight, self.l1.bias, self.l2.weight[0], self.l2.bias[0], self.act, self.inputs)
 
+    def mlp_form(self) -> kernels.MLPForm:
+        return self.form()
+
+    @classmethod
+    def step_cost(cls, params: dict, trainable: bool, hidden: int) -> float:
+        """An M of `hidden` units on every synapse; a frozen one (no backward into M) costs 0.8 of a trainable one."""
+        return mlp_step_cost(hidden, trainable and cls.kind == "meta-learned")
+
     def pointwise(self, vi, w, vj, g=None):
         return self.form().pointwise(vi, w, vj, g)
 
@@ -66,3 +80,16 @@ class MLPRule(ElementwiseRule):
     def describe(self):
         return {"rule": self.name, "inputs": ",".join(self.inputs), "hidden": self.hidden,
                 "act": self.act, "trainable": self.trainable}
+
+
+def example_loader(saved: dict[str, MLPRule]) -> Loader:
+    """A `Loader` over M's in memory, {path: rule}, each returned frozen with a `source` (epoch 0.0 unless the rule
+    has one): what the frozen rules' `example()` instances (and tests) read instead of snapshot files."""
+
+    def load(path: str) -> MLPRule:
+        rule = saved[path]
+        rule.set_trainable(False)
+        rule.source = {"step": 0, "epoch": 0.0, "seed": rule.seed, **rule.source, "path": path}
+        return rule
+
+    return load

@@ -10,6 +10,9 @@ from rules.base import ElementwiseRule
 class NoRule(ElementwiseRule):
     """dW = 0. The trainer skips the local step entirely for this rule."""
 
+    kind = "control"
+    cost = 1.0
+
     def pointwise(self, vi, w, vj, g=None):
         return torch.zeros_like(vi * w * vj)
 

@@ -6,6 +6,8 @@ from rules.base import ElementwiseRule
 
 @register("oja")
 class Oja(ElementwiseRule):
+    cost = 1.25
+
     def pointwise(self, vi, w, vj, g=None):
         return vj * (vi - vj * w)
 

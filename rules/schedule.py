@@ -5,8 +5,10 @@ snapshot's JSON "epoch", or given explicitly), at training time t (in epochs)
 the rule is the snapshot taken at time t: the latest one with e_k <= t, and
 the first one before e_1. The trainer calls `set_epoch(t)` before every step.
 
-    rules.get("schedule", paths=["runs/x/snapshots/mlp_seed0_epoch0.1.pt", ".../mlp_seed0_epoch1.pt"])
-    rules.get("schedule", paths="a.pt,b.pt", epochs=[0.0, 0.5])    # explicit switching times
+    --rule-params '{"paths": ["runs/x/snapshots/mlp_seed0_epoch0.1.pt", ".../mlp_seed0_epoch1.pt"]}'
+    --rule-params '{"paths": "a.pt,b.pt", "epochs": [0.0, 0.5]}'     # explicit switching times
+
+The snapshots are read by the `loader` the trainer passes (`hat.snapshots.rule_from_snapshot`).
 
 The active snapshot lives in the inherited `l1`/`l2` parameters (frozen), so
 the fast MLP kernels of `rules.mlp.MLPRule` are used unchanged and
@@ -20,13 +22,12 @@ layer (a zero unit adds act(0) * 0 = 0, so the function is unchanged).
 from __future__ import annotations
 
 import bisect
-from pathlib import Path
 
 import torch
 
 from rules import register
-from rules.mlp import MLPRule
-from rules.snapshot import SnapshotError, rule_from_snapshot, save_snapshot
+from rules.base import Loader, SavedRuleError, require_loader, split_paths
+from rules.mlp import MLPRule, example_loader
 
 EPOCH_TOL = 1e-9  # t counts as having reached e_k when t >= e_k - EPOCH_TOL (step / steps_per_epoch rounding)
 
@@ -35,15 +36,18 @@ EPOCH_TOL = 1e-9  # t counts as having reached e_k when t >= e_k - EPOCH_TOL (st
 class Schedule(MLPRule):
     """Snapshot k is active for e_k <= t < e_{k+1} (snapshot 0 also before e_1)."""
 
-    def __init__(self, paths: list[str] | tuple[str, ...] | str, epochs: list[float] | tuple[float, ...] | None = None):
-        if isinstance(paths, str):
-            paths = [p for p in paths.split(",") if p]
-        paths = [str(p) for p in paths]
+    kind = "frozen"
+    context = ("loader",)
+
+    def __init__(self, paths: list[str] | tuple[str, ...] | str, epochs: list[float] | tuple[float, ...] | None = None,
+                 loader: Loader | None = None):
+        paths = split_paths(paths)
         if not paths:
             raise ValueError("schedule needs at least one snapshot path")
         if epochs is not None and len(epochs) != len(paths):
             raise ValueError(f"schedule: {len(paths)} paths but {len(epochs)} epochs")
-        members = [rule_from_snapshot(p) for p in paths]
+        load = require_loader(loader, "schedule")
+        members = [load(p) for p in paths]
         if epochs is None:
             epochs = [_snapshot_epoch(m, p) for m, p in zip(members, paths)]
         epochs = [float(e) for e in epochs]
@@ -54,7 +58,7 @@ class Schedule(MLPRule):
         first = members[0]
         for m in members[1:]:
             if (m.inputs, m.act) != (first.inputs, first.act):
-                raise SnapshotError(f"schedule: snapshots differ in inputs/activation: {first.config()} vs {m.config()}")
+                raise SavedRuleError(f"schedule: snapshots differ in inputs/activation: {first.config()} vs {m.config()}")
         hidden = max(m.hidden for m in members)
         super().__init__(inputs=first.inputs, hidden=hidden, act=first.act, trainable=False)
         k_, d_ = len(members), len(first.inputs)
@@ -107,18 +111,18 @@ class Schedule(MLPRule):
                 "first": self.paths[0], "inputs": ",".join(self.inputs), "hidden": self.hidden, "act": self.act}
 
     @classmethod
-    def example(cls, folder: str | Path) -> Schedule:
-        """A small default instance for contract tests: two seeded random MLP snapshots switching at 0 and 0.5."""
-        folder = Path(folder)
-        paths = []
+    def example(cls) -> Schedule:
+        """Two seeded M's standing in for saved snapshots (no files), switching at epochs 0 and 0.5."""
+        saved = {}
         for k, epoch in enumerate((0.0, 0.5)):
-            rule = MLPRule(inputs=("pre", "w", "post"), hidden=3, act="tanh", seed=100 + k)
-            paths.append(str(save_snapshot(rule, folder / f"schedule_example_{k}.pt", step=k, epoch=epoch, seed=100 + k)))
-        return cls(paths=paths)
+            saved[f"schedule_example_{k}"] = rule = MLPRule(inputs=("pre", "w", "post"), hidden=3, act="tanh",
+                                                             seed=100 + k)
+            rule.source = {"step": k, "epoch": epoch}
+        return cls(paths=list(saved), loader=example_loader(saved))
 
 
 def _snapshot_epoch(member: MLPRule, path: str) -> float:
     epoch = member.source.get("epoch")
     if epoch is None:
-        raise SnapshotError(f"{path}: snapshot config has no 'epoch'; pass epochs= explicitly")
+        raise SavedRuleError(f"{path}: snapshot config has no 'epoch'; pass epochs= explicitly")
     return float(epoch)

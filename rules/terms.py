@@ -35,6 +35,10 @@ def _pow(x, k: int):
 
 @register("terms")
 class Terms(ElementwiseRule):
+    kind = "meta-learned"
+    cost = 2.0
+    context = ("seed",)
+
     def __init__(self, terms=None, coef=None, l1: float = 1e-3, init_std: float = 0.1, seed: int = 0,
                  trainable: bool = True):
         super().__init__()

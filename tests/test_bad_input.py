@@ -24,7 +24,7 @@ pytestmark = pytest.mark.skipif(not RAW.is_dir(), reason="Fashion-MNIST not avai
 
 def _snapshot(folder: Path, name: str = "m", hidden: int = 4) -> Path:
     import rules
-    from rules.snapshot import save_snapshot
+    from hat.snapshots import save_snapshot
 
     rule = rules.get("mlp", inputs=["pre", "w", "post"], hidden=hidden, act="relu")
     return save_snapshot(rule, folder / f"{name}.pt", step=1, epoch=1.0, seed=0)

@@ -11,12 +11,18 @@ import torch
 
 import rules
 from hat.config import TrainConfig
+from hat.snapshots import SnapshotError, rule_from_snapshot, save_snapshot
 from hat.trainer import train
+from rules.base import SavedRuleError
 from rules.mlp import MLPRule
 from rules.schedule import Schedule
-from rules.snapshot import SnapshotError, save_snapshot
 
 F64 = torch.float64
+
+
+def _rule(name, **params):
+    """The rule with the trainer's loader of saved rules."""
+    return rules.get(name, loader=rule_from_snapshot, **params)
 
 
 def _snap(folder, name, seed, epoch, hidden=3, act="tanh", inputs=("pre", "w", "post")):
@@ -47,10 +53,10 @@ EXPECTED = [(0.0, 0.1), (0.05, 0.1), (0.0999, 0.1), (0.1, 0.1), (0.3, 0.1), (0.4
 
 
 def test_switches_at_the_snapshot_epochs_and_equals_that_snapshot(three):
-    sched = rules.get("schedule", paths=list(three.values()))
+    sched = _rule("schedule", paths=list(three.values()))
     assert isinstance(sched, Schedule) and sched.name == "schedule"
     assert sched.epochs == [0.1, 0.5, 1.0]  # read from the JSON "epoch", sorted
-    singles = {e: rules.get("snapshot", path=p) for e, p in three.items()}
+    singles = {e: _rule("snapshot", path=p) for e, p in three.items()}
     pre, w, post, _ = _inputs()
     outs = {e: (r.delta(pre, w, post), r.per_sample_drive(pre, w, post)) for e, r in singles.items()}
     assert not torch.allclose(outs[0.1][0], outs[0.5][0]) and not torch.allclose(outs[0.5][0], outs[1.0][0])
@@ -67,33 +73,33 @@ def test_switches_at_the_snapshot_epochs_and_equals_that_snapshot(three):
 
 
 def test_before_the_first_snapshot_the_first_is_used(three):
-    sched = rules.get("schedule", paths=[three[0.5], three[1.0]])
+    sched = _rule("schedule", paths=[three[0.5], three[1.0]])
     for t in (0.0, 0.2, 0.4999):
         assert sched.index_at(t) == 0
     sched.set_epoch(1.2)
     sched.set_epoch(0.0)
     pre, w, post, _ = _inputs(1)
-    assert torch.equal(sched.delta(pre, w, post), rules.get("snapshot", path=three[0.5]).delta(pre, w, post))
+    assert torch.equal(sched.delta(pre, w, post), _rule("snapshot", path=three[0.5]).delta(pre, w, post))
 
 
 def test_explicit_epochs_comma_string_and_errors(three, tmp_path):
     paths = [three[0.1], three[0.5]]
-    sched = rules.get("schedule", paths=",".join(paths), epochs=[2.0, 1.0])  # explicit times override the JSON
+    sched = _rule("schedule", paths=",".join(paths), epochs=[2.0, 1.0])  # explicit times override the JSON
     assert sched.epochs == [1.0, 2.0] and sched.paths == [three[0.5], three[0.1]]
     sched.set_epoch(1.5)
     pre, w, post, _ = _inputs(2)
-    assert torch.equal(sched.delta(pre, w, post), rules.get("snapshot", path=three[0.5]).delta(pre, w, post))
+    assert torch.equal(sched.delta(pre, w, post), _rule("snapshot", path=three[0.5]).delta(pre, w, post))
     with pytest.raises(ValueError, match="distinct"):
-        rules.get("schedule", paths=paths, epochs=[1.0, 1.0])
+        _rule("schedule", paths=paths, epochs=[1.0, 1.0])
     with pytest.raises(ValueError, match="epochs"):
-        rules.get("schedule", paths=paths, epochs=[1.0])
+        _rule("schedule", paths=paths, epochs=[1.0])
     with pytest.raises(ValueError):
-        rules.get("schedule", paths=[])
+        _rule("schedule", paths=[])
     other = _snap(tmp_path, "relu", seed=9, epoch=3.0, act="relu")
+    with pytest.raises(SavedRuleError, match="differ"):
+        _rule("schedule", paths=[three[0.1], other])
     with pytest.raises(SnapshotError):
-        rules.get("schedule", paths=[three[0.1], other])
-    with pytest.raises(SnapshotError):
-        rules.get("schedule", paths=[three[0.1], str(tmp_path / "missing.pt")])
+        _rule("schedule", paths=[three[0.1], str(tmp_path / "missing.pt")])
     with pytest.raises(TypeError, match="schedule"):
         rules.get("schedule")  # no default instance: the contract test builds one with Schedule.example
 
@@ -101,12 +107,12 @@ def test_explicit_epochs_comma_string_and_errors(three, tmp_path):
 def test_different_widths_are_zero_padded(tmp_path):
     narrow = _snap(tmp_path, "narrow", seed=1, epoch=0.0, hidden=2, inputs=("pre", "w", "post", "grad"))
     wide = _snap(tmp_path, "wide", seed=2, epoch=1.0, hidden=5, inputs=("pre", "w", "post", "grad"))
-    sched = rules.get("schedule", paths=[narrow, wide]).double()
+    sched = _rule("schedule", paths=[narrow, wide]).double()
     assert sched.hidden == 5 and sched.uses_grad
     pre, w, post, grad = _inputs(3, dtype=F64)
     for t, p in ((0.5, narrow), (1.0, wide)):
         sched.set_epoch(t)
-        single = rules.get("snapshot", path=p).double()
+        single = _rule("snapshot", path=p).double()
         torch.testing.assert_close(sched.delta(pre, w, post, grad), single.delta(pre, w, post, grad),
                                    rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(sched.per_sample_drive(pre, w, post, grad),
@@ -115,7 +121,7 @@ def test_different_widths_are_zero_padded(tmp_path):
 
 
 def test_frozen_but_differentiable_in_its_inputs(three):
-    sched = rules.get("schedule", paths=list(three.values()))
+    sched = _rule("schedule", paths=list(three.values()))
     assert not any(p.requires_grad for p in sched.parameters())
     sched.set_trainable(True)
     assert not any(p.requires_grad for p in sched.parameters())
@@ -127,8 +133,8 @@ def test_frozen_but_differentiable_in_its_inputs(three):
     assert d["rule"] == "schedule" and d["epochs"] == "0.1,0.5,1" and d["members"] == 3
 
 
-def test_example_instance(tmp_path):
-    rule = Schedule.example(tmp_path)
+def test_example_instance():
+    rule = Schedule.example()
     assert rule.epochs == [0.0, 0.5] and isinstance(rule, rules.rule_class("schedule"))
 
 

@@ -1,4 +1,4 @@
-"""Snapshots of the meta-learner: round trip, metadata, and rejection of bad or hostile files."""
+"""Snapshots of the meta-learner (`hat.snapshots`): round trip, metadata, and rejection of bad or hostile files."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import rules
-from rules.snapshot import FORMAT, SnapshotError, load_snapshot, rule_from_snapshot, save_snapshot
+from hat.snapshots import FORMAT, SnapshotError, load_snapshot, rule_from_snapshot, save_snapshot
 
 F64 = torch.float64
 
@@ -48,7 +48,7 @@ def test_round_trip_identical_outputs(snap, how):
     assert path.suffix == ".pt" and path.is_file() and path.with_suffix(".json").is_file()
     assert path.name == "mlp_seed5_epoch0.5.pt"
     arg = {"pt": path, "json": path.with_suffix(".json")}[how]
-    loaded = rules.get("snapshot", path=str(arg))
+    loaded = rules.get("snapshot", path=str(arg), loader=rule_from_snapshot)
     assert isinstance(loaded, rules.rule_class("mlp"))
     assert not any(p.requires_grad for p in loaded.parameters())
     assert loaded.inputs == rule.inputs and loaded.hidden == rule.hidden and loaded.act == rule.act
@@ -100,7 +100,7 @@ def _rewrite_json(path, **changes):
 
 def _reject(path, match=None):
     with pytest.raises(SnapshotError, match=match):
-        rules.get("snapshot", path=str(path))
+        rules.get("snapshot", path=str(path), loader=rule_from_snapshot)
     with pytest.raises(SnapshotError, match=match):
         load_snapshot(path)
 
@@ -240,11 +240,11 @@ def test_edited_architecture_in_config_is_rejected(snap):
     cfg["act"] = "relu"
     js.write_text(json.dumps(cfg))
     with pytest.raises(SnapshotError, match="sha256"):
-        rules.get("snapshot", path=str(path))
+        rules.get("snapshot", path=str(path), loader=rule_from_snapshot)
 
 
 def test_dotted_stem_is_not_truncated(tmp_path):
     rule = rules.get("mlp", hidden=2, seed=0)
     path = save_snapshot(rule, tmp_path / "seed0_epoch0.5", step=1, epoch=0.5, seed=0)
     assert path.name == "seed0_epoch0.5.pt" and path.with_suffix(".json").is_file()
-    assert rules.get("snapshot", path=str(tmp_path / "seed0_epoch0.5")).hidden == 2
+    assert rules.get("snapshot", path=str(tmp_path / "seed0_epoch0.5"), loader=rule_from_snapshot).hidden == 2

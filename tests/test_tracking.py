@@ -105,10 +105,11 @@ def test_run_logs_params_metrics_tags_artifacts(tracked_run, tmp_path, shared_tr
 
 def test_snapshot_loads_from_runs_uri(tracked_run):
     import rules
+    from hat.snapshots import rule_from_snapshot
 
     _, _, res = tracked_run
-    local = rules.get("snapshot", path=res.snapshots[0])
-    remote = rules.get("snapshot", path=f"runs:/{res.run_id}/snapshots/mlp_seed4_epoch1.pt")
+    local = rules.get("snapshot", path=res.snapshots[0], loader=rule_from_snapshot)
+    remote = rules.get("snapshot", path=f"runs:/{res.run_id}/snapshots/mlp_seed4_epoch1.pt", loader=rule_from_snapshot)
     for a, b in zip(local.state_dict().values(), remote.state_dict().values()):
         assert torch.equal(a, b)
 
@@ -207,7 +208,7 @@ def test_worker_with_empty_out_fetches_phase1_snapshots_from_mlflow(toy_data, tm
     the runs' MLflow artifacts, byte-identical to the files the training worker wrote, without retraining."""
     import shutil
 
-    from rules.snapshot import load_snapshot
+    from hat.snapshots import load_snapshot
     from studies.lib import common, workqueue
 
     uri = f"sqlite:///{tmp_path}/store/mlflow.db"

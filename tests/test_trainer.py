@@ -15,6 +15,7 @@ import rules
 from hat import data as hat_data
 from hat import population, trainer
 from hat.config import TrainConfig, preset
+from hat.snapshots import rule_from_snapshot
 from hat.trainer import Learner, accuracy, hat_forward, train
 
 F64 = torch.float64
@@ -421,7 +422,8 @@ def test_snapshot_schedule(toy_data, tmp_path, monkeypatch):
     # the rule trained between snapshots, and the last snapshot is loadable as a rule
     first = torch.load(tmp_path / "snapshots" / "mlp_seed7_epoch0.25.pt", weights_only=True)
     assert any(not torch.equal(first[k], v) for k, v in made[0].state_dict().items())
-    loaded = rules.get("snapshot", path=str(tmp_path / "snapshots" / "mlp_seed7_epoch2.pt"))
+    loaded = rules.build("snapshot", {"path": str(tmp_path / "snapshots" / "mlp_seed7_epoch2.pt")},
+                         loader=rule_from_snapshot)
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), made[0].state_dict().values()))
 
 
