@@ -2,9 +2,10 @@
 
 A study's outer bar advances by runs, in the order a single worker does them: phase-1 HAT runs, then each arm's
 tuning (the control first), then each arm's final seeds. Each run weighs its expected cost (`run_cost`): training
-steps times a per-rule cost factor, plus a fixed per-run overhead. The bar's ETA is then the remaining expected
+steps times its rule's per-step cost, plus a fixed per-run overhead. The bar's ETA is then the remaining expected
 cost at the average rate so far, so an expensive phase 1 no longer projects its rate onto cheap control runs.
-The factors are rough CPU measurements (quick preset, 2 cores); the ETA's honesty needs only their ratios.
+Each rule declares its per-step cost on its class (`cost` / `step_cost` in `rules.base`: rough CPU measurements,
+quick preset, 2 cores); the ETA's honesty needs only their ratios.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from __future__ import annotations
 import math
 
 
-class _NoBar:
+class NoBar:
+    """A silent stand-in for a progress bar."""
+
     def update(self, n: int = 1) -> None:
         pass
 
@@ -20,38 +23,27 @@ class _NoBar:
         pass
 
 
-NO_BAR = _NoBar()  # stateless: safe as a default argument
+_NoBar = NoBar  # TEMPORARY alias for tests/test_report.py, which still names the old class
+NO_BAR = NoBar()  # stateless: safe as a default argument
 
-# Per-step cost of a rule relative to a backprop (control) step. Measured on a 2-core CPU with the quick preset
-# (784-32-10 learner, batch 50, M with 8 hidden units); an M-based rule scales with M's hidden width.
-RULE_STEP_COST = {"none": 1.0, "converged": 1.2, "hebb": 1.2, "oja": 1.25, "gha": 1.7, "abcd": 1.5, "terms": 2.0,
-                  "bcm": 1.5, "krotov": 2.0}
 RUN_OVERHEAD_STEPS = 300.0  # a run's fixed cost (run creation and logging, evaluations), in control steps
 TRAIN_SIZE = 60_000  # Fashion-MNIST training images, before the validation split
 
 
-def m_step_cost(hidden: int, trainable: bool) -> float:
-    """Per-step cost of a meta-learner rule (applied to every synapse) relative to a control step."""
-    return (3.0 + 2.5 * hidden) * (1.0 if trainable else 0.8)
-
-
 def rule_step_cost(cfg) -> float:
-    """Per-step cost of `cfg`'s rule relative to a control step (unknown rules: like a frozen M)."""
-    hidden = int((cfg.rule_params.get("hidden") if isinstance(cfg.rule_params, dict) else None)
-                 or cfg.mlp.get("hidden", 8))
+    """Per-step cost of `cfg`'s rule relative to a control step: its class's `step_cost` (rules.base), given the
+    meta-learner width of the config (--rule-params' hidden, else --mlp's); an unknown rule costs like a frozen M."""
+    import rules
+    from rules.base import mlp_step_cost
+
     params = cfg.rule_params if isinstance(cfg.rule_params, dict) else {}
-    if cfg.rule == "mlp":
-        c = m_step_cost(hidden, cfg.trainable_rule)
-    elif cfg.rule in ("snapshot", "schedule"):
-        c = m_step_cost(hidden, False)
-    elif cfg.rule == "mean":
-        c = m_step_cost(hidden, False) * max(1, len(params.get("paths", [])))
-    elif cfg.rule == "noise":
-        c = 1.3 + (0.3 * m_step_cost(hidden, False) if params.get("match") == "snapshot" else 0.0)
-    else:
-        c = RULE_STEP_COST.get(cfg.rule, m_step_cost(hidden, False))
-    if cfg.per_sample and cfg.rule != "none":
-        c = 1.0 + (c - 1.0) * cfg.batch_size  # one update per sample instead of one per batch
+    hidden = int(params.get("hidden") or cfg.mlp.get("hidden", 8))
+    try:
+        c = rules.rule_class(cfg.rule).step_cost(params, cfg.trainable_rule, hidden)
+    except rules.UnknownRuleError:
+        c = mlp_step_cost(hidden, False)
+    if cfg.per_sample:
+        c = 1.0 + (c - 1.0) * cfg.batch_size  # one update per sample instead of one per batch (the control: 1)
     return c
 
 
@@ -118,7 +110,7 @@ def progress_bar(total, desc: str, enabled: bool):
     """A bar with ETA over a study's runs: `total` is a `plan` (expected cost per run) or a number of runs of equal
     cost; or, when not `enabled`, a silent stand-in with the same methods."""
     if not enabled:
-        return _NoBar()
+        return NoBar()
     costs = list(total) if isinstance(total, list | tuple) else [1.0] * int(total)
     return WeightedBar(costs, desc)
 
