@@ -41,25 +41,27 @@ import sys
 
 import numpy as np
 
-from studies.lib import analysis, common, progress, report, stats, tuning
+from studies.lib import analysis, report, stats, tuning
 from studies.lib.analysis import Hypothesis
-from studies.lib.common import Arm
+from studies.lib.arms import Arm, rule_arm
+from studies.lib.protocol import Outcome, Sections, Setup, Study, run
+from studies.lib.scale import SCALES
+from studies.lib.verdicts import Verdict
 
-STUDY = "authors"
 SHARE = 0.5  # H-logit-relu: the bug's cost must be at least this share of the gap
 STANDARD = {"optimizer": "adam", "lr": 1e-3, "rule_optimizer": "adam", "rule_lr": 1e-3, "batch_size": 50,
             "act": "sigmoid", "rate": 1e-3}  # the paper's / hat.config.TrainConfig's standard choices
 
 
-def authors_defaults(study_preset: str) -> dict:
+def authors_defaults(args) -> dict:
     """Training-config overrides for the study preset: the full "authors" preset at paper scale, else its
     options on top of the study preset's training config (which keeps its widths and M's hidden width)."""
     from hat.config import PRESETS
 
     options = {**PRESETS["authors"], "snapshot_epochs": ()}
-    if study_preset == "paper":
+    if args.preset == "paper":
         return options
-    small = PRESETS[common.SCALES[study_preset]["train_preset"]]
+    small = PRESETS[SCALES[args.preset]["train_preset"]]
     options.pop("widths")
     options["mlp"] = {**options["mlp"], "hidden": small["mlp"]["hidden"]}
     return options
@@ -79,15 +81,16 @@ def ablations(base) -> dict[str, tuple[dict, str]]:
     }
 
 
-def build_arms(base) -> list[Arm]:
+def arms(s: Setup) -> list[Arm]:
     hat = dict(extra_space=dict(tuning.RULE_LR_SPACE), trainable_rule=True, hypothesis="H-logit-relu")
     return ([Arm("control", {"rule": "none", "logit_relu": False}),
              Arm("control+logit_relu", {"rule": "none", "logit_relu": True}, {}, "H-logit-relu"),
-             common.rule_arm("authors", "mlp", **hat)] +
-            [common.rule_arm(f"authors-{k}", "mlp", **{**hat, **ov}) for k, (ov, _) in ablations(base).items()])
+             rule_arm("authors", "mlp", **hat)] +
+            [rule_arm(f"authors-{k}", "mlp", **{**hat, **ov}) for k, (ov, _) in ablations(s.ctx.base).items()])
 
 
-def family_a(base) -> list[Hypothesis]:
+def family_a(s: Setup) -> list[Hypothesis]:
+    base = s.ctx.base
     return ([Hypothesis("A-gap", "the authors' configuration falls behind the backprop control (as in their logs)",
                         "authors", "less"),
              Hypothesis("A-bug", "the training-only ReLU on the logits alone costs the control accuracy",
@@ -135,60 +138,46 @@ def logit_relu_verdict(bug: str, gap_mean: float, share: float, share_hi: float)
     return "inconclusive"
 
 
-def parse_args(argv: list[str] | None = None):
-    """The parsed flags, and whether tuning was left at this study's default (skipped: `--trials 0`)."""
-    args = common.build_parser(__doc__, "python -m studies.authors").parse_args(argv)
-    tuning_default = args.trials is None
-    if tuning_default:
-        args.trials = 0  # fixed settings: no tuning unless asked for
-    return args, tuning_default
-
-
-def main(argv: list[str] | None = None) -> int:
-    args, tuning_default = parse_args(argv)
-    ctx = common.make_context(STUDY, args, authors_defaults(args.preset))
-    sc = ctx.scale
-    seeds = list(range(sc.seeds))
-    arms = build_arms(ctx.base)
-    bar = progress.progress_bar(progress.plan(ctx.base, sc, arms), STUDY, ctx.progress)
-    tuned, results = common.tune_and_replicate(ctx, arms, seeds, bar)
-    bar.close()
-    if args.no_report:
-        return 0
-
-    fam_a, fam_b = family_a(ctx.base), family_b(ctx.base)
-    sections, files, comps_a = report.comparison_sections(ctx, arms, tuned, results, seeds, fam_a)
-    comps_b = analysis.compare_hypotheses(results, seeds, fam_b, sc.margin, sc.n_boot)
-    by_key = {h.key: c for h, c in zip(fam_a, comps_a)}
-    ctl = analysis.metric_values(results, "control", seeds)
-    gap = stats.paired_differences(analysis.metric_values(results, "authors", seeds), ctl)[0]
-    cost = stats.paired_differences(analysis.metric_values(results, "control+logit_relu", seeds), ctl)[0]
+def sections(s: Setup, o: Outcome) -> Sections:
+    sc, b = s.ctx.scale, s.ctx.base
+    fam_b = family_b(b)
+    comps_b = analysis.compare_hypotheses(o.results, s.seeds, fam_b, sc.margin, sc.n_boot)
+    by_key = {h.key: c for h, c in zip(o.hypotheses, o.comps)}
+    ctl = analysis.metric_values(o.results, "control", s.seeds)
+    gap = stats.paired_differences(analysis.metric_values(o.results, "authors", s.seeds), ctl)[0]
+    cost = stats.paired_differences(analysis.metric_values(o.results, "control+logit_relu", s.seeds), ctl)[0]
     share, lo, hi = share_of_gap(cost, gap, sc.n_boot, random_state=0)
     verdict = logit_relu_verdict(by_key["A-bug"].verdict, float(gap.mean()), share, hi)
-    b = ctx.base
     setting = ["## Configuration", "",
-               ("Full `authors` preset (study preset paper)." if args.preset == "paper" else
+               ("Full `authors` preset (study preset paper)." if s.args.preset == "paper" else
                 f"The `{sc.train_preset}` training config with the authors' options set on it.") +
                f" Base: widths {list(b.widths)}, act {b.act}, logit_relu {b.logit_relu}, per_sample {b.per_sample}, "
                f"M {b.mlp}, optimizer {b.optimizer} {b.lr:g}, M optimizer {b.rule_optimizer} {b.rule_lr:g}, "
                f"batch {b.batch_size}, local rate {b.rate:g}, {b.epochs:g} epoch(s)."
                + (" Tuning skipped by default in this study (fixed settings are reproduced; pass `--trials N` to "
-                  "tune)." if tuning_default else ""), ""]
+                  "tune)." if "trials" in s.args.own_scale else ""), ""]
     rel = ["## H-logit-relu: the bug against the gap", "",
            f"gap = authors − control: {gap.mean():+.2f} points (A-gap: {by_key['A-gap'].verdict}, Holm p = "
            f"{by_key['A-gap'].p_holm:.3g}); cost of the bug = (control+logit_relu) − control: {cost.mean():+.2f} "
            f"points (A-bug: {by_key['A-bug'].verdict}, Holm p = {by_key['A-bug'].p_holm:.3g}); share of the gap "
            f"= mean(cost) / mean(gap) = {report.fmt(share)} (95% paired bootstrap CI [{report.fmt(lo)}, "
            f"{report.fmt(hi)}]).", "",
-           f"- VERDICT H-logit-relu: {verdict.upper()} — the training-only logit ReLU alone accounts for most of the "
-           f"gap at near-zero local rate (rate {b.rate:g}; rule: supported if A-bug is supported and the gap is "
-           f"negative and cost/gap >= {SHARE:g}; refuted if A-bug is refuted, or the gap is negative and the CI of "
-           f"cost/gap lies below {SHARE:g}; otherwise inconclusive, including when there is no gap)", "",
+           Verdict("H-logit-relu", verdict, "the training-only logit ReLU alone accounts for most of the gap at "
+                   "near-zero local rate", f"rate {b.rate:g}; rule: supported if A-bug is supported and the gap is "
+                   f"negative and cost/gap >= {SHARE:g}; refuted if A-bug is refuted, or the gap is negative and the CI "
+                   f"of cost/gap lies below {SHARE:g}; otherwise inconclusive, including when there is no gap"), "",
            "### Each option reverted, against the authors' configuration (exploratory, a second Holm family)", "",
-           analysis.comparison_table(comps_b, fam_b), "", *[f"- {line}" for line in analysis.verdict_lines(fam_b, comps_b)],
+           analysis.comparison_table(comps_b, fam_b), "", *analysis.verdicts(fam_b, comps_b),
            ""]
-    report.finish_report(ctx, "The authors' configuration, ablated", __doc__, setting + sections + rel, files)
-    return 0
+    return Sections(before=setting, after=rel)
+
+
+STUDY = Study("authors", "The authors' configuration, ablated", __doc__, arms, family_a, defaults=authors_defaults,
+              scale={"trials": 0}, sections=sections)  # fixed settings: no tuning unless asked for
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(STUDY, argv)
 
 
 if __name__ == "__main__":

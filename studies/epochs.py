@@ -21,24 +21,27 @@ import sys
 
 import numpy as np
 
-from studies.lib import analysis, common, progress, report, stats, tuning
+from studies.lib import analysis, report, stats, tuning
 from studies.lib.analysis import Hypothesis
+from studies.lib.arms import Arm, control_arm, rule_arm
+from studies.lib.figures import plot_difference_curves
+from studies.lib.protocol import Outcome, Sections, Setup, Study, run
+from studies.lib.verdicts import Verdict
 
-STUDY = "epochs"
 LATE_EPOCH = 0.5  # H-late: the benefit should appear at or after this many epochs
 TARGET_FRACTION = 0.95  # time to target: reach this fraction of the control's final validation accuracy
 DEFAULTS = {"epochs": 2.0, "evals_per_epoch": 8.0}  # longer and finer-grained than the preset
 
 
-def build_arms() -> list[common.Arm]:
+def arms(s: Setup) -> list[Arm]:
     return [
-        common.control_arm(),
-        common.rule_arm("hat", "mlp", extra_space=dict(tuning.RULE_LR_SPACE), trainable_rule=True),
-        common.rule_arm("noise", "noise", {"rms": 1.0}),
+        control_arm(),
+        rule_arm("hat", "mlp", extra_space=dict(tuning.RULE_LR_SPACE), trainable_rule=True),
+        rule_arm("noise", "noise", {"rms": 1.0}),
     ]
 
 
-def hypotheses() -> list[Hypothesis]:
+def hypotheses(s: Setup) -> list[Hypothesis]:
     return [
         Hypothesis("H-faster", "HAT trains faster (validation AUC over the first epoch)", "hat", "greater",
                    metric="val_auc"),
@@ -62,13 +65,13 @@ def difference_curve(results: dict, arm: str, seeds: list[int], key: str = "val_
     ok = [r for pair in pairs for r in pair if r["status"] == "ok" and r.get("curve")]
     if not ok:
         return np.array([]), np.array([]), np.array([]), np.array([])
-    x = analysis._curve_xy(max(ok, key=lambda r: len(r["curve"])), key)[0]
+    x = analysis.curve_xy(max(ok, key=lambda r: len(r["curve"])), key)[0]
 
     def on_grid(r):
         if r["status"] != "ok":
             return np.full(len(x), failure)
         y = np.full(len(x), np.nan)
-        v = analysis._curve_xy(r, key)[1][: len(x)]
+        v = analysis.curve_xy(r, key)[1][: len(x)]
         y[: len(v)] = v
         return y
 
@@ -98,8 +101,8 @@ def time_to_target_table(results: dict, arms: list[str], seeds: list[int]) -> tu
         ep, sec = [], []
         for s in seeds:
             r = results[(a, s)]
-            x, y = analysis._curve_xy(r) if r["status"] == "ok" else (np.array([0.0, 1.0]), np.array([0.0, 0.0]))
-            t = analysis._curve_xy(r, x="seconds")[0] if r["status"] == "ok" else np.array([0.0, 1.0])
+            x, y = analysis.curve_xy(r) if r["status"] == "ok" else (np.array([0.0, 1.0]), np.array([0.0, 0.0]))
+            t = analysis.curve_xy(r, x="seconds")[0] if r["status"] == "ok" else np.array([0.0, 1.0])
             ep.append(stats.time_to_target(x, y, target))
             sec.append(stats.time_to_target(t, y, target))
         ep, sec = np.array(ep), np.array(sec)
@@ -109,52 +112,31 @@ def time_to_target_table(results: dict, arms: list[str], seeds: list[int]) -> tu
     return stats.format_table(rows), target
 
 
-def plot_difference(curves: dict, path, title: str):
-    from hat.plots import _plt, save_figure
+def sections(s: Setup, o: Outcome) -> Sections:
+    ctx, seeds = s.ctx, s.seeds
+    curves = {a: difference_curve(o.results, a, seeds) for a in ("hat", "noise")}
+    word, cross = late_verdict(curves["hat"][0], curves["hat"][2])
+    fig = plot_difference_curves(curves, ctx.out / "difference_curve.png",
+                                 f"{ctx.name}: paired difference, mean ± 95% CI", LATE_EPOCH)
+    table, target = time_to_target_table(o.results, [a.name for a in o.arms], seeds)
+    late = Verdict("H-late", word, f"HAT's benefit appears only after about {LATE_EPOCH} epochs",
+                   "first epoch from which the lower 95% CI bound of the paired validation difference stays > 0: "
+                   f"{report.fmt(cross)}; rule: supported if that epoch is >= {LATE_EPOCH}, refuted if earlier, "
+                   "inconclusive if it never happens; a CI reading, not Holm-corrected; diverged runs (hat/control: "
+                   f"{'/'.join(map(str, n_diverged(o.results, 'hat', seeds)))}) kept, every evaluation scored as "
+                   f"{analysis.METRICS['val_auc'].failure:g}")
+    return Sections(after=["## Benefit along training", "", late, "",
+                           f"Time to reach {TARGET_FRACTION:.0%} of the control's mean final validation accuracy "
+                           f"({report.fmt(target)}%):", "", table, "", *report.figure_block([fig], ctx.out), ""],
+                    files=[fig])
 
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for arm, (x, m, lo, hi) in curves.items():
-        if len(x):
-            ax.plot(x, m, label=f"{arm} − control")
-            ax.fill_between(x, lo, hi, alpha=0.2)
-    ax.axhline(0, color="grey", linestyle=":")
-    ax.axvline(LATE_EPOCH, color="grey", linestyle="--", linewidth=0.8)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("paired Δ validation accuracy (points)")
-    ax.set_title(title)
-    ax.legend()
-    return save_figure(fig, path)
+
+STUDY = Study("epochs", "HAT against backprop along training", __doc__, arms, hypotheses, defaults=DEFAULTS,
+              sections=sections)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = common.build_parser(__doc__, "python -m studies.epochs").parse_args(argv)
-    ctx = common.make_context(STUDY, args, DEFAULTS)
-    sc = ctx.scale
-    seeds = list(range(sc.seeds))
-    arms = build_arms()
-    bar = progress.progress_bar(progress.plan(ctx.base, sc, arms), STUDY, ctx.progress)
-    tuned, results = common.tune_and_replicate(ctx, arms, seeds, bar)
-    bar.close()
-    if args.no_report:
-        return 0
-    hyps = hypotheses()
-    sections, files, _ = report.comparison_sections(ctx, arms, tuned, results, seeds, hyps)
-    curves = {a: difference_curve(results, a, seeds) for a in ("hat", "noise")}
-    verdict, cross = late_verdict(curves["hat"][0], curves["hat"][2])
-    fig = plot_difference(curves, ctx.out / "difference_curve.png", f"{ctx.name}: paired difference, mean ± 95% CI")
-    table, target = time_to_target_table(results, [a.name for a in arms], seeds)
-    extra = ["## Benefit along training", "",
-             f"- VERDICT H-late: {verdict.upper()} — HAT's benefit appears only after about {LATE_EPOCH} epochs "
-             f"(first epoch from which the lower 95% CI bound of the paired validation difference stays > 0: "
-             f"{report.fmt(cross)}; rule: supported if that epoch is >= {LATE_EPOCH}, refuted if earlier, "
-             "inconclusive if it never happens; a CI reading, not Holm-corrected; diverged runs (hat/control: "
-             f"{'/'.join(map(str, n_diverged(results, 'hat', seeds)))}) kept, every evaluation scored as "
-             f"{analysis.METRICS['val_auc'].failure:g})", "",
-             f"Time to reach {TARGET_FRACTION:.0%} of the control's mean final validation accuracy "
-             f"({report.fmt(target)}%):", "", table, "", *report.figure_block([fig], ctx.out), ""]
-    report.finish_report(ctx, "HAT against backprop along training", __doc__, sections + extra, files + [fig])
-    return 0
+    return run(STUDY, argv)
 
 
 if __name__ == "__main__":

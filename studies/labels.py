@@ -23,26 +23,33 @@ import sys
 
 import numpy as np
 
-from studies.lib import analysis, common, progress, report, stats, tuning
+from studies.lib import analysis, report, stats, tuning
 from studies.lib.analysis import Hypothesis
+from studies.lib.arms import Arm, rule_arm
+from studies.lib.figures import plot_theta
+from studies.lib.protocol import Outcome, Sections, Setup, Study, run
+from studies.lib.verdicts import Verdict
 
-STUDY = "labels"
 THETAS = (0.05, 0.1, 0.2, 0.5, 1.0)
 THRESHOLD = 0.2  # H-needs-20
 
 
-def build_arms(thetas) -> list[common.Arm]:
-    arms = []
-    for t in thetas:
-        arms.append(common.Arm(f"control@{t:g}", {"rule": "none", "label_fraction": t}))
-        arms.append(common.rule_arm(f"hat@{t:g}", "mlp", extra_space=dict(tuning.RULE_LR_SPACE),
-                                    control=f"control@{t:g}", trainable_rule=True, label_fraction=t))
-    return arms
+def thetas(s: Setup) -> list[float]:
+    return sorted(s.args.thetas)
 
 
-def hypotheses(thetas) -> list[Hypothesis]:
+def arms(s: Setup) -> list[Arm]:
+    out = []
+    for t in thetas(s):
+        out.append(Arm(f"control@{t:g}", {"rule": "none", "label_fraction": t}))
+        out.append(rule_arm(f"hat@{t:g}", "mlp", extra_space=dict(tuning.RULE_LR_SPACE), control=f"control@{t:g}",
+                            trainable_rule=True, label_fraction=t))
+    return out
+
+
+def hypotheses(s: Setup) -> list[Hypothesis]:
     return [Hypothesis(f"H-theta={t:g}", f"HAT beats the control with {t:.0%} labels", f"hat@{t:g}", "greater",
-                       control=f"control@{t:g}") for t in thetas]
+                       control=f"control@{t:g}") for t in thetas(s)]
 
 
 def grows_verdict(fit: dict) -> str:
@@ -70,67 +77,40 @@ def needs_verdict(thetas, comps) -> str:
     return "inconclusive"
 
 
-def plot_theta(results, thetas, seeds, path, title):
-    from hat.plots import _plt, save_figure
-
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for method in ("control", "hat"):
-        ms, los, his = [], [], []
-        for t in thetas:
-            v = analysis.metric_values(results, f"{method}@{t:g}", seeds)
-            m, lo, hi = stats.mean_ci_t(stats.fill_failures(v)[0])
-            ms.append(m)
-            los.append(lo)
-            his.append(hi)
-        ax.plot(thetas, ms, marker="o", label=method)
-        ax.fill_between(thetas, los, his, alpha=0.2)
-    ax.set_xscale("log")
-    ax.set_xlabel("label fraction θ")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title)
-    ax.legend()
-    return save_figure(fig, path)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = common.build_parser(__doc__, "python -m studies.labels")
+def flags(parser) -> None:
     parser.add_argument("--thetas", type=float, nargs="+", default=list(THETAS), help=f"label fractions (default {THETAS})")
-    args = parser.parse_args(argv)
-    thetas = sorted(args.thetas)
-    ctx = common.make_context(STUDY, args)
-    sc = ctx.scale
-    seeds = list(range(sc.seeds))
-    arms = build_arms(thetas)
-    bar = progress.progress_bar(progress.plan(ctx.base, sc, arms), STUDY, ctx.progress)
-    tuned, results = common.tune_and_replicate(ctx, arms, seeds, bar)
-    bar.close()
-    if args.no_report:
-        return 0
-    hyps = hypotheses(thetas)
-    sections, files, comps = report.comparison_sections(ctx, arms, tuned, results, seeds, hyps)
+
+
+def sections(s: Setup, o: Outcome) -> Sections:
+    ctx, seeds, ts = s.ctx, s.seeds, thetas(s)
     acc, arm, theta, seed = [], [], [], []
-    for t in thetas:
+    for t in ts:
         for method in ("control", "hat"):
-            v = analysis.metric_values(results, f"{method}@{t:g}", seeds)
-            acc.append(v)
+            acc.append(analysis.metric_values(o.results, f"{method}@{t:g}", seeds))
             arm += [method] * len(seeds)
             theta += [t] * len(seeds)
             seed += seeds
     fit = stats.mixed_effects_interaction(np.concatenate(acc), np.array(arm), np.array(theta), np.array(seed))
-    fig = plot_theta(results, thetas, seeds, ctx.out / "accuracy_vs_theta.png", f"{ctx.name}: test accuracy vs θ")
-    extra = ["## Dependence on the label fraction", "",
-             f"- VERDICT H-grows: {grows_verdict(fit).upper()} — HAT's benefit grows with the label fraction "
-             f"(interaction {fit['term']}: {fit['coef']:+.3g} points per unit θ, SE {fit['se']:.3g}, "
-             f"two-sided p = {fit['p']:.3g}, one-sided p = {fit['p'] / 2:.3g}; {fit['method']}: {fit['formula']}; "
-             f"{fit.get('n_failed', 0)} diverged runs scored as failures)",
-             f"- VERDICT H-needs-20: {needs_verdict(thetas, comps).upper()} — HAT needs more than "
-             f"{THRESHOLD:.0%} labels (rule: refuted if some θ <= {THRESHOLD} is supported; supported if at every "
-             f"θ <= {THRESHOLD} the benefit is shown below the margin (refuted or negligible) and some larger θ is "
-             "supported; otherwise inconclusive)", "", f"Label mode: `{ctx.base.label_mode}`.", "",
-             *report.figure_block([fig], ctx.out), ""]
-    report.finish_report(ctx, "Accuracy against the label fraction", __doc__, sections + extra, files + [fig])
-    return 0
+    fig = plot_theta(o.results, ts, seeds, ctx.out / "accuracy_vs_theta.png", f"{ctx.name}: test accuracy vs θ")
+    grows = Verdict("H-grows", grows_verdict(fit), "HAT's benefit grows with the label fraction",
+                    f"interaction {fit['term']}: {fit['coef']:+.3g} points per unit θ, SE {fit['se']:.3g}, "
+                    f"two-sided p = {fit['p']:.3g}, one-sided p = {fit['p'] / 2:.3g}; {fit['method']}: {fit['formula']}; "
+                    f"{fit.get('n_failed', 0)} diverged runs scored as failures")
+    needs = Verdict("H-needs-20", needs_verdict(ts, o.comps), f"HAT needs more than {THRESHOLD:.0%} labels",
+                    f"rule: refuted if some θ <= {THRESHOLD} is supported; supported if at every θ <= {THRESHOLD} the "
+                    "benefit is shown below the margin (refuted or negligible) and some larger θ is supported; "
+                    "otherwise inconclusive")
+    return Sections(after=["## Dependence on the label fraction", "", grows, needs, "",
+                           f"Label mode: `{ctx.base.label_mode}`.", "", *report.figure_block([fig], ctx.out), ""],
+                    files=[fig])
+
+
+STUDY = Study("labels", "Accuracy against the label fraction", __doc__, arms, hypotheses, flags=flags,
+              sections=sections)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(STUDY, argv)
 
 
 if __name__ == "__main__":

@@ -38,51 +38,59 @@ import sys
 
 import numpy as np
 
-from studies.lib import analysis, common, progress, report, stats, workqueue
+from studies.lib import analysis, stats
 from studies.lib.analysis import Hypothesis
-from studies.lib.common import PHASE1_SEED_BASE, Arm, snapshots_from_dir
-from studies.rule_over_time import DISTANCE_SAMPLES, DISTANCE_SEED, rule_outputs, sample_rule_inputs
+from studies.lib.arms import Arm, control_arm, rule_arm
+from studies.lib.phases import once
+from studies.lib.protocol import Outcome, Sections, Setup, Study, run
+from studies.lib.rule_analysis import fit_linear
+from studies.lib.rule_inputs import SAMPLES, SEED, rule_outputs, sample_rule_inputs
+from studies.lib.verdicts import Verdict
 
-STUDY = "mean_rule"
 DEFAULTS = {"snapshot_epochs": ()}  # phase-2 runs save nothing; phase 1 saves the final M
 MEMBERS = 10  # at most this many individual M_i arms (--members)
-FIT_SAMPLES = DISTANCE_SAMPLES  # inputs (v_i, w_ij, v_j, |g_ij|) for the linear fit
-FIT_SEED = DISTANCE_SEED
-
-
-def fit_linear(vj, y) -> dict:
-    """Least squares of y on v_j: {"c": slope without intercept, "r2": its R² (about the mean of y, may be < 0),
-    "c_intercept", "intercept", "r2_intercept": the fit y ~ a + c v_j}. Pure; float64."""
-    vj, y = np.asarray(vj, dtype=float), np.asarray(y, dtype=float)
-    if vj.shape != y.shape or vj.ndim != 1 or len(vj) < 2:
-        raise ValueError("fit_linear needs two 1-D arrays of the same length >= 2")
-    ss_tot = float(np.sum((y - y.mean()) ** 2))
-
-    def r2(resid):
-        return 1.0 - float(np.sum(resid**2)) / ss_tot if ss_tot > 0 else float("nan")
-
-    denom = float(np.dot(vj, vj))
-    c = float(np.dot(vj, y)) / denom if denom > 0 else 0.0
-    design = np.stack([np.ones_like(vj), vj], 1)  # (n, 2)
-    (a, c1), *_ = np.linalg.lstsq(design, y, rcond=None)
-    return {"c": c, "r2": r2(y - c * vj), "c_intercept": float(c1), "intercept": float(a),
-            "r2_intercept": r2(y - a - c1 * vj)}
+FIT_SAMPLES = SAMPLES  # inputs (v_i, w_ij, v_j, |g_ij|) for the linear fit
+FIT_SEED = SEED
 
 
 def member_name(k: int) -> str:
     return f"M{k}"
 
 
-def build_arms(finals: list[str], c: float, members: int = MEMBERS) -> list[Arm]:
-    """control, M0..M<members-1>, the mean of all `finals`, and the linear fit c * v_j."""
-    return ([common.control_arm()] +
-            [common.rule_arm(member_name(k), "snapshot", {"path": p}, hypothesis="H2")
-             for k, p in enumerate(finals[:members])] +
-            [common.rule_arm("mean", "mean", {"paths": list(finals)}, hypothesis="H2"),
-             common.rule_arm("linear", "converged", {"c": c})])
+def members(s: Setup) -> list[str]:
+    return [member_name(k) for k in range(min(len(s.meta.finals()), s.args.members))]
 
 
-def main_family() -> list[Hypothesis]:
+def phase1(s: Setup) -> tuple[float, ...]:
+    return (s.ctx.base.epochs,)
+
+
+def prepare(s: Setup) -> dict:
+    """The linear fit of the mean rule, computed once (a unit of its own: concurrent workers agree on one c)."""
+    import rules
+
+    def linear_fit():
+        inputs = sample_rule_inputs(s.ctx.base, s.ctx.data, FIT_SAMPLES, FIT_SEED)
+        y = rule_outputs(rules.get("mean", paths=s.meta.finals()), inputs)
+        return {**fit_linear(inputs["post"].double().numpy(), y), "n": len(y), "y_mean": float(np.mean(y)),
+                "y_sd": float(np.std(y))}
+
+    return {"fit": once(s.ctx, "fit", linear_fit)}
+
+
+def arms(s: Setup) -> list[Arm]:
+    """control, M0..M<members-1>, the mean of all final M, and the linear fit c * v_j."""
+    finals = s.meta.finals()
+    c = s.values["fit"]["c"] if s.values else 2.0  # before phase 1 (planning): the paper's c
+    return ([control_arm()] +
+            [rule_arm(member_name(k), "snapshot", {"path": p}, hypothesis="H2")
+             for k, p in enumerate(finals[: s.args.members])] +
+            [rule_arm("mean", "mean", {"paths": list(finals)}, hypothesis="H2"),
+             rule_arm("linear", "converged", {"c": c})])
+
+
+def hypotheses(s: Setup) -> list[Hypothesis]:
+    """The main family (H2's three comparisons)."""
     return [
         Hypothesis("H2-individual", "each M_i is useful: the individual meta-learned rules help a fresh learner",
                    "individual", "greater"),
@@ -126,68 +134,50 @@ def add_individual(results: dict, members: list[str], seeds: list[int]) -> dict:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = common.build_parser(__doc__, "python -m studies.mean_rule")
-    parser.add_argument("--snapshots", default=None, help="reuse the final snapshots in this folder (skips phase 1)")
+def derive(s: Setup, o: Outcome) -> None:
+    """The pseudo-arm `individual`, compared like an arm."""
+    o.results = add_individual(o.results, members(s), s.seeds)
+    o.arms = o.arms + [Arm("individual", {}, {}, "H2")]
+
+
+def sections(s: Setup, o: Outcome) -> Sections:
+    sc, fit, finals, names = s.ctx.scale, s.values["fit"], s.meta.finals(), members(s)
+    v = {h.key: c.verdict for h, c in zip(o.hypotheses, o.comps)}
+    xfam = exploratory_family(len(names), fit["c"])
+    xcomps = analysis.compare_hypotheses(o.results, s.seeds, xfam, sc.margin, sc.n_boot)
+    h2 = Verdict("H2", h2_verdict(v["H2-individual"], v["H2-mean"], v["H2-individual>mean"]),
+                 "each M_i is useful, but their pointwise mean is the wrong object",
+                 f"H2-individual {v['H2-individual']}, H2-mean {v['H2-mean']}, H2-individual>mean "
+                 f"{v['H2-individual>mean']}; rule: supported if H2-individual and H2-individual>mean are supported and "
+                 "H2-mean is not; refuted if H2-individual or H2-individual>mean is refuted, or H2-mean is supported; "
+                 "otherwise inconclusive")
+    after = ["## H2: each M_i against their pointwise mean", "", h2, "",
+             "`individual` is the per-seed mean of the test accuracies of the arms "
+             f"{', '.join(names)} (not a run of its own; diverged runs scored as {stats.FAILURE_VALUE:g} first).", "",
+             "### Each M_i, and the linear fit, against the control (exploratory, a second Holm family)", "",
+             analysis.comparison_table(xcomps, xfam), "", *analysis.verdicts(xfam, xcomps), "",
+             "### The linear fit of the mean rule", "",
+             f"Least squares of the mean rule's output on v_j over {fit['n']} inputs (v_i, w_ij, v_j, |g_ij|) sampled "
+             f"with seed {FIT_SEED} from a learner's training forward passes. Used by the `linear` arm: the fit without "
+             f"intercept, c = {fit['c']:.4g} (R² = {fit['r2']:.3f}). With an intercept (reported only): "
+             f"{fit['intercept']:.4g} {fit['c_intercept']:+.4g}·v_j (R² = {fit['r2_intercept']:.3f}). The paper's "
+             f"fit is 2·v_j. Mean rule output: mean {fit['y_mean']:+.4g}, sd {fit['y_sd']:.4g}.", ""]
+    detail = ("Final snapshots: " + ", ".join(f"{m} = `{p}`" for m, p in zip(names, finals)) +
+              (f"; `mean` averages all {len(finals)} final snapshots" if len(finals) > len(names) else "") + ".")
+    return Sections(before=s.meta.paragraph(detail), after=after)
+
+
+def flags(parser) -> None:
     parser.add_argument("--members", type=int, default=MEMBERS,
                         help=f"individual M_i arms: the first N runs' final M (default {MEMBERS}); the mean uses all")
-    args = parser.parse_args(argv)
-    ctx = common.make_context(STUDY, args, DEFAULTS)
-    sc = ctx.scale
-    seeds = list(range(sc.seeds))
-    plan_arms = build_arms([""] * sc.hat_runs, 2.0, args.members)  # paths and c come later; the cost needs the rules
-    bar = progress.progress_bar(progress.plan(ctx.base, sc, plan_arms, 0 if args.snapshots else sc.hat_runs), STUDY,
-                                ctx.progress)
-    snaps = snapshots_from_dir(args.snapshots) if args.snapshots else common.train_meta_learners(ctx, (ctx.base.epochs,), bar)
-    finals = [s[max(s)] for _, s in sorted(snaps.items())]
 
-    def linear_fit(key, spec):  # a unit of its own, so that concurrent workers agree on one c
-        import rules
 
-        inputs = sample_rule_inputs(ctx.base, ctx.data, FIT_SAMPLES, FIT_SEED)
-        y = rule_outputs(rules.get("mean", paths=finals), inputs)
-        return {**fit_linear(inputs["post"].double().numpy(), y), "n": len(y), "y_mean": float(np.mean(y)),
-                "y_sd": float(np.std(y))}
+STUDY = Study("mean_rule", "Each meta-learner against their pointwise mean", __doc__, arms, hypotheses,
+              phase1=phase1, defaults=DEFAULTS, flags=flags, prepare=prepare, derive=derive, sections=sections)
 
-    fit = workqueue.run_units(ctx.storage, f"{ctx.name}:fit", {"fit": {}}, linear_fit)["fit"]
-    arms = build_arms(finals, fit["c"], args.members)
-    tuned, results = common.tune_and_replicate(ctx, arms, seeds, bar)
-    bar.close()
-    if args.no_report:
-        return 0
 
-    members = [member_name(k) for k in range(min(len(finals), args.members))]
-    results = add_individual(results, members, seeds)
-    report_arms = arms + [Arm("individual", {}, {}, "H2")]
-    fam = main_family()
-    sections, files, comps = report.comparison_sections(ctx, report_arms, tuned, results, seeds, fam)
-    v = {h.key: c.verdict for h, c in zip(fam, comps)}
-    verdict = h2_verdict(v["H2-individual"], v["H2-mean"], v["H2-individual>mean"])
-    xfam = exploratory_family(len(members), fit["c"])
-    xcomps = analysis.compare_hypotheses(results, seeds, xfam, sc.margin, sc.n_boot)
-    h2 = ["## H2: each M_i against their pointwise mean", "",
-          f"- VERDICT H2: {verdict.upper()} — each M_i is useful, but their pointwise mean is the wrong object "
-          f"(H2-individual {v['H2-individual']}, H2-mean {v['H2-mean']}, H2-individual>mean "
-          f"{v['H2-individual>mean']}; rule: supported if H2-individual and H2-individual>mean are supported and "
-          "H2-mean is not; refuted if H2-individual or H2-individual>mean is refuted, or H2-mean is supported; "
-          "otherwise inconclusive)", "",
-          "`individual` is the per-seed mean of the test accuracies of the arms "
-          f"{', '.join(members)} (not a run of its own; diverged runs scored as {stats.FAILURE_VALUE:g} first).", "",
-          "### Each M_i, and the linear fit, against the control (exploratory, a second Holm family)", "",
-          analysis.comparison_table(xcomps, xfam), "", *[f"- {line}" for line in analysis.verdict_lines(xfam, xcomps)], "",
-          "### The linear fit of the mean rule", "",
-          f"Least squares of the mean rule's output on v_j over {fit['n']} inputs (v_i, w_ij, v_j, |g_ij|) sampled with "
-          f"seed {FIT_SEED} from a learner's training forward passes. Used by the `linear` arm: the fit without "
-          f"intercept, c = {fit['c']:.4g} (R² = {fit['r2']:.3f}). With an intercept (reported only): "
-          f"{fit['intercept']:.4g} {fit['c_intercept']:+.4g}·v_j (R² = {fit['r2_intercept']:.3f}). The paper's "
-          f"fit is 2·v_j. Mean rule output: mean {fit['y_mean']:+.4g}, sd {fit['y_sd']:.4g}.", ""]
-    phase = ["## Phase 1: meta-learners", "",
-             f"{len(finals)} HAT run(s) with a trainable meta-learner (preset values, seeds {PHASE1_SEED_BASE}+)"
-             + (f", reused from `{args.snapshots}`" if args.snapshots else "") + ". Final snapshots: " +
-             ", ".join(f"{m} = `{p}`" for m, p in zip(members, finals)) +
-             (f"; `mean` averages all {len(finals)} final snapshots" if len(finals) > len(members) else "") + ".", ""]
-    report.finish_report(ctx, "Each meta-learner against their pointwise mean", __doc__, phase + sections + h2, files)
-    return 0
+def main(argv: list[str] | None = None) -> int:
+    return run(STUDY, argv)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The study figures (hat.plots) rendered on synthetic but realistic study data: written, non-empty, of the
+"""The study figures (studies.lib.figures) rendered on synthetic but realistic study data: written, non-empty, of the
 expected pixel size, with one drawn element per arm / hypothesis / trial, consistent colours, titles and labels."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from matplotlib.collections import PathCollection
 from matplotlib.colors import to_hex
 from matplotlib.patches import Rectangle
 
-from hat import plots
+from studies.lib import figures as plots
 
 ARMS = ["control", "converged", "hebb", "final", "early"]
 SEEDS = 5

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from studies.lib.verdicts import Verdict
+
 
 @dataclass
 class Hypothesis:
@@ -24,7 +26,7 @@ class Hypothesis:
     metric: str = "test_acc"  # a key of METRICS
 
 
-def _curve_xy(r: dict, key: str = "val_acc", x: str = "epoch"):
+def curve_xy(r: dict, key: str = "val_acc", x: str = "epoch"):
     c = r.get("curve", [])
     return np.array([e[x] for e in c], float), np.array([e[key] for e in c], float)
 
@@ -32,13 +34,13 @@ def _curve_xy(r: dict, key: str = "val_acc", x: str = "epoch"):
 def _auc_first(r: dict, epochs: float = 1.0) -> float:
     from studies.lib import stats
 
-    x, y = _curve_xy(r)
+    x, y = curve_xy(r)
     keep = x <= epochs + 1e-9
     return stats.auc(x[keep], y[keep]) if keep.sum() >= 2 else float("nan")
 
 
 def _stability(r: dict, last: int = 3) -> float:
-    _, y = _curve_xy(r)
+    _, y = curve_xy(r)
     return float(np.std(y[-last:], ddof=1)) if len(y) >= max(2, last) else float("nan")
 
 
@@ -124,11 +126,13 @@ def compare_hypotheses(results: dict, seeds: list[int], hypotheses: list[Hypothe
     return stats.holm_family([compare_one(results, seeds, h, margin, n_boot, i) for i, h in enumerate(hypotheses)])
 
 
-def verdict_lines(hypotheses: list[Hypothesis], comps) -> list[str]:
-    return [f"VERDICT {h.key}: {c.verdict.upper()} — {h.text} "
-            f"({h.metric}: Δ = {c.mean_diff:+.2f} {METRICS[h.metric].unit}, 95% CI [{c.ci_lo:+.2f}, {c.ci_hi:+.2f}], "
-            f"margin {c.margin:g}, n = {c.n}, {c.n_failed_arm}/{c.n_failed_control} diverged, {c.n_missing} missing, "
-            f"Holm p below margin = {c.p_below_holm:.3g}, Holm p = {c.p_holm:.3g})"
+def verdicts(hypotheses: list[Hypothesis], comps) -> list[Verdict]:
+    """One `Verdict` per hypothesis of a compared family (the paired comparison's word, difference and CI)."""
+    return [Verdict(h.key, c.verdict, h.text,
+                    f"{h.metric}: Δ = {c.mean_diff:+.2f} {METRICS[h.metric].unit}, 95% CI [{c.ci_lo:+.2f}, {c.ci_hi:+.2f}], "
+                    f"margin {c.margin:g}, n = {c.n}, {c.n_failed_arm}/{c.n_failed_control} diverged, {c.n_missing} missing, "
+                    f"Holm p below margin = {c.p_below_holm:.3g}, Holm p = {c.p_holm:.3g}",
+                    metric=h.metric, diff=c.mean_diff, ci=(c.ci_lo, c.ci_hi))
             for h, c in zip(hypotheses, comps)]
 
 

@@ -9,12 +9,12 @@ import json
 import math
 import re
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
 
 from hat.tracking import REPO_ROOT, ui_command
+from studies.lib import verdicts as verdict_values
 from studies.lib.analysis import (
     METRICS,
     Hypothesis,
@@ -23,9 +23,10 @@ from studies.lib.analysis import (
     compare_hypotheses,
     comparison_table,
     metric_outcomes,
-    verdict_lines,
+    verdicts,
 )
-from studies.lib.common import Arm, Context
+from studies.lib.arms import Arm
+from studies.lib.context import Context
 from studies.lib.tuning import CONDITIONAL, TUNING_SEED_BASE
 
 
@@ -46,42 +47,6 @@ def write_curves_csv(results: dict[tuple[str, int], dict], path: Path) -> Path:
             for e in r.get("curve", []):
                 w.writerow([arm, seed, e["epoch"], e["seconds"], e["train_loss"], e["val_acc"], e["test_acc"]])
     return path
-
-
-# ---------------------------------------------------------------- verdicts (report summary and console)
-
-VERDICT_LINE = re.compile(r"VERDICT (\S+): (SUPPORTED|NEGLIGIBLE|REFUTED|INCONCLUSIVE) — (.*)$")
-_STANDARD = re.compile(r"^(?P<claim>.*) \((?P<metric>[\w.]+): Δ = (?P<d>\S+) .*?, 95% CI \[(?P<lo>\S+), (?P<hi>\S+)\]")
-
-
-def parse_verdicts(text: str) -> list[dict]:
-    """Every `VERDICT key: WORD — claim (details)` line of a report body, in order: {"hypothesis", "verdict",
-    "claim", "metric", "Δ", "95% CI"}; Δ, CI and metric are "" for verdicts that are not one paired comparison
-    (composite rules, trends), whose details stay in the report."""
-    rows = []
-    for line in text.splitlines():
-        m = VERDICT_LINE.search(line)
-        if not m:
-            continue
-        key, word, rest = m.groups()
-        std = _STANDARD.match(rest)
-        if std:
-            rows.append({"hypothesis": key, "verdict": word.lower(), "claim": std["claim"], "metric": std["metric"],
-                         "Δ": std["d"], "95% CI": f"[{std['lo']}, {std['hi']}]"})
-        else:
-            rows.append({"hypothesis": key, "verdict": word.lower(), "claim": rest.split(" (", 1)[0].strip(),
-                         "metric": "", "Δ": "", "95% CI": ""})
-    return rows
-
-
-def verdict_console_table(rows: list[dict], claim_width: int = 64) -> str:
-    """The verdicts as a plain-text table for the console: hypothesis, claim, difference, CI, verdict."""
-    cols = ["hypothesis", "claim", "metric", "Δ", "95% CI", "verdict"]
-    cells = [[r[c] if c != "claim" else textwrap.shorten(r[c], claim_width, placeholder="…") for c in cols]
-             for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(cols)]
-    line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()  # noqa: E731
-    return "\n".join([line(cols), line(["-" * w for w in widths]), *(line(row) for row in cells)])
 
 
 # ---------------------------------------------------------------- provenance and settings
@@ -183,7 +148,7 @@ def settings_table(ctx: Context) -> str:
     """Every study-size and training setting with its value, whether it differs from the preset, and its meaning."""
     from hat.config import TrainConfig, preset
     from studies.lib import stats
-    from studies.lib.common import SCALES, Scale
+    from studies.lib.scale import SCALES, Scale
 
     rows = []
     scale_default = Scale(**SCALES.get(getattr(ctx.args, "preset", ""), {})) if ctx.args is not None else None
@@ -437,8 +402,8 @@ def tuning_traces(ctx: Context, arms: list[str], tuned: dict[str, dict]) -> dict
 def tuning_section(ctx: Context, arms: list[Arm], tuned: dict[str, dict], colors: dict[str, str],
                    suffix: str = "") -> tuple[list[str], list[Path]]:
     """Per arm: its trials (values tried, objective, state), the chosen values, and one best-so-far figure."""
-    from hat.plots import plot_tuning
     from studies.lib import stats
+    from studies.lib.figures import plot_tuning
 
     if ctx.scale.trials == 0:
         return ["## Tuning", "", "Tuning skipped (`--trials 0`): every arm uses the preset's values.", ""], []
@@ -475,19 +440,20 @@ def tuning_section(ctx: Context, arms: list[Arm], tuned: dict[str, dict], colors
 # ---------------------------------------------------------------- the report
 
 
-def finish_report(ctx: Context, title: str, doc: str, sections: list[str], files: list[Path],
+def finish_report(ctx: Context, title: str, doc: str, sections: list, files: list[Path],
                   legend: dict[str, str] | None = None) -> Path:
     """Write report.md, log it and `files` to the parent run, print where they are, then the verdict table.
 
-    report.md: title, provenance, verdicts at a glance, settings, the study's docstring, the verdict rule, the
-    study's sections, and a legend of every table column (`LEGEND`, plus the study's own `legend` entries)."""
+    `sections`: the study's report lines, in which each `Verdict` value stands for its own line; the summary,
+    the console table and the MLflow tags are rendered from those values. report.md: title, provenance, verdicts
+    at a glance, settings, the study's docstring, the verdict rule, the study's sections, and a legend of every
+    table column (`LEGEND`, plus the study's own `legend` entries)."""
     from studies.lib import stats
 
     path = ctx.out / "report.md"
-    body = "\n".join(sections)
-    verdicts = parse_verdicts(body)
-    summary = (["## Verdicts at a glance", "", stats.format_table(verdicts), "",
-                "Details, and every statistic behind them, in the sections below.", ""] if verdicts else [])
+    found = verdict_values.collect(sections)
+    summary = (["## Verdicts at a glance", "", stats.format_table([v.row() for v in found]), "",
+                "Details, and every statistic behind them, in the sections below.", ""] if found else [])
     head = [f"# {title}", "", *provenance_lines(ctx), *summary,
             "## Settings", "", f"Study `{ctx.name}` (module `studies.{ctx.study}`), study preset "
             f"`{getattr(ctx.args, 'preset', None) or '?'}`, training preset `{ctx.scale.train_preset}`, "
@@ -495,28 +461,23 @@ def finish_report(ctx: Context, title: str, doc: str, sections: list[str], files
             "", settings_table(ctx), "",
             "## About this study", "", doc.strip(), "", "## Verdict rule", "", "```", stats.VERDICT_RULE.strip(), "```",
             ""]
-    text = "\n".join(head + sections)
+    text = "\n".join(head + verdict_values.section_lines(sections))
     legend = ["## Column legend", "", *legend_lines(text, legend), ""]
     path.write_text(text + "\n" + "\n".join(legend) + "\n")
     if ctx.tracker is not None and ctx.parent_id:
         run = ctx.tracker.run(ctx.parent_id)
         for f in [path, *files]:
             run.log_artifact(f, "report")
-        run.set_tags({f"verdict.{mlflow_key(v['hypothesis'])}": v["verdict"] for v in verdicts})
+        run.set_tags(verdict_values.mlflow_tags(found))
         ctx.close_arm_parents()
         run.finish("FINISHED")
     print(f"\nreport: {path}")
     print(f"results: {ctx.out}")
     if ctx.tracker is not None:
         print(f"MLflow UI: {ui_command(ctx.tracker.uri)}   (parent run {ctx.parent_id})")
-    if verdicts:
-        print(f"\nVerdicts ({title}):\n" + verdict_console_table(verdicts))
+    if found:
+        print(f"\nVerdicts ({title}):\n" + verdict_values.console_table(found))
     return path
-
-
-def mlflow_key(name: str) -> str:
-    """`name` as an MLflow metric or tag key (letters, digits, `_-. /:` kept; anything else becomes `_`)."""
-    return re.sub(r"[^A-Za-z0-9_\-. /:]", "_", name)
 
 
 def log_arm_summaries(ctx: Context, hypotheses: list[Hypothesis], comps, acc: dict[str, np.ndarray]) -> None:
@@ -531,7 +492,7 @@ def log_arm_summaries(ctx: Context, hypotheses: list[Hypothesis], comps, acc: di
         for h, c in zip(hypotheses, comps):
             if h.arm != arm:
                 continue
-            k = mlflow_key(h.key)
+            k = verdict_values.mlflow_key(h.key)
             metrics.update({f"{k}.diff": c.mean_diff, f"{k}.ci_low": c.ci_lo, f"{k}.ci_high": c.ci_hi,
                             f"{k}.p_holm": c.p_holm, f"{k}.p_below_margin_holm": c.p_below_holm})
             tags[f"verdict.{k}"] = c.verdict
@@ -603,7 +564,7 @@ def tuning_text(scale) -> str:
 def comparison_sections(ctx: Context, arms: list[Arm], tuned: dict[str, dict], results: dict, seeds: list[int],
                         hypotheses: list[Hypothesis], tag: str = "") -> tuple[list[str], list[Path], list]:
     """The standard report body: arms, comparisons, verdicts, tuning, figures, per-seed CSVs."""
-    from hat.plots import arm_colors, plot_differences, plot_learning_curves
+    from studies.lib.figures import arm_colors, plot_differences, plot_learning_curves
 
     names = [a.name for a in arms]
     reference, controls = curve_references(names, hypotheses)
@@ -635,7 +596,7 @@ def comparison_sections(ctx: Context, arms: list[Arm], tuned: dict[str, dict], r
         "across arms). Test accuracy at the end of training, in percent. " + tuning, "",
         arm_table(acc, tuned), "",
         "## Comparisons with the control (one Holm family)", "", comparison_table(comps, hypotheses), "",
-        "## Verdicts", "", *[f"- {line}" for line in verdict_lines(hypotheses, comps)], "",
+        "## Verdicts", "", *verdicts(hypotheses, comps), "",
         "## Figures", "", *figure_block([fig_curves, fig_diffs], ctx.out), "",
         *tune_lines,
     ]

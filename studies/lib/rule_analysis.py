@@ -3,13 +3,13 @@
 A rule is analysed through its pointwise map R(v_i, w_ij, v_j) (the per-synapse update before the batch
 mean and the `rate`), evaluated on an input sample X of shape (N, 3) whose columns are, in this order,
 v_i (pre), w_ij and v_j (post): see `FEATURES`. The sample should be what the rule sees during training;
-`collect_inputs` draws one from a learner with a fixed seed.
+`studies.lib.rule_inputs` draws one with a fixed seed.
 
-    collect_inputs      (v_i, w_ij, v_j) triples the rule sees in a learner's HAT forward pass, per layer
     evaluate_rule       R on a sample
     polyfit             least-squares polynomial of total degree <= d in (v_i, w_ij, v_j), named terms
     heldout_r2          R^2 of that fit on a held-out part of the sample
     vj_linear_r2        R^2 of the linear fit a + b * v_j (held out)
+    fit_linear          least squares of y on v_j, with and without intercept (in sample)
     functional_distance mean over the sample of |R_A - R_B|^p (the paper's integral of (R_A - R_B) dF)
     distance_matrix     the same for every pair of precomputed outputs
     between_within / permutation_test   rules of two problems vs rules of one problem from different seeds
@@ -68,63 +68,6 @@ def evaluate_rule(fn: RuleFn, X, chunk: int = CHUNK) -> np.ndarray:
             y = fn(t[:, 0], t[:, 1], t[:, 2])
             out[s : s + chunk] = torch.broadcast_to(torch.as_tensor(y, dtype=torch.float32), (len(t),)).double().numpy()
     return out
-
-
-# ---------------------------------------------------------------- inputs the rule sees
-
-
-class _Recorder:
-    """Stands in for a rule inside `hat.trainer.hat_forward`: records what the rule sees, returns its update."""
-
-    def __init__(self, rule):
-        self.rule = rule
-        self.uses_grad = rule.uses_grad
-        self.seen: list[tuple[Tensor, Tensor, Tensor]] = []  # per rule call: pre (B, I), w (O, I), post (B, O)
-
-    def delta(self, pre, w, post, grad=None):
-        self.seen.append((pre, w, post))
-        return self.rule.delta(pre, w, post, grad)
-
-    def per_sample_drive(self, pre, w, post, grad=None):
-        return self.rule.per_sample_drive(pre, w, post, grad)
-
-
-def collect_inputs(learner, rule, x: Tensor, cfg, n_samples: int, seed: int, n_batches: int = 4) -> dict[int, np.ndarray]:
-    """Sample the (v_i, w_ij, v_j) triples `rule` sees in `learner`'s HAT forward pass; {layer: (n_samples, 3)}.
-
-    Runs `hat.trainer.hat_forward` (the training forward pass: placeholder output v_hat_j = act(W v + b),
-    local update, recomputed output) on `n_batches` batches of `cfg.batch_size` rows of `x` and draws
-    n_samples synapse-sample triples per local layer uniformly over (batch, sample, output unit, input unit).
-    Batches and triples come from a torch.Generator seeded with `seed`. The learner's weights are not changed.
-    A rule that reads |grad| gets zeros there, as on the trainer's first step.
-    """
-    from hat.trainer import hat_forward
-
-    if rule is None:
-        raise ValueError("collect_inputs needs a rule (the backprop control applies none)")
-    gen = torch.Generator().manual_seed(seed)
-    bs = min(cfg.batch_size, len(x))
-    n_batches = max(1, min(n_batches, len(x) // bs))
-    order = torch.randperm(len(x), generator=gen)[: n_batches * bs].reshape(n_batches, bs)  # (batches, B)
-    local = sorted(range(learner.n_layers) if cfg.local_layers is None
-                   else {int(k) for k in cfg.local_layers if 0 <= int(k) < learner.n_layers})
-    per_batch = [n_samples // n_batches + (k < n_samples % n_batches) for k in range(n_batches)]
-    parts: dict[int, list[np.ndarray]] = {layer: [] for layer in local}
-    rec = _Recorder(rule)
-    grads = [torch.zeros_like(w) for w in learner.weights]
-    with torch.no_grad():
-        for idx, k in zip(order, per_batch):
-            rec.seen.clear()
-            hat_forward(learner, rec, x[idx.to(x.device)], cfg, grads)
-            for layer, (pre, w, post) in zip(local, rec.seen):
-                b_, i_ = pre.shape
-                o_ = w.shape[0]
-                b = torch.randint(0, b_, (k,), generator=gen).to(pre.device)
-                o = torch.randint(0, o_, (k,), generator=gen).to(pre.device)
-                i = torch.randint(0, i_, (k,), generator=gen).to(pre.device)
-                triple = torch.stack([pre[b, i], w[o, i], post[b, o]], 1)  # (k, 3): v_i, w_ij, v_j
-                parts[layer].append(triple.double().cpu().numpy())
-    return {layer: np.concatenate(p, 0) if p else np.empty((0, 3)) for layer, p in parts.items()}
 
 
 # ---------------------------------------------------------------- polynomial fits
@@ -204,6 +147,25 @@ VJ_LINEAR = [(0, 0, 0), (0, 0, 1)]  # a + b * v_j
 def linear_vj_fit(X, y) -> PolyFit:
     """The fit a + b * v_j (v_j alone)."""
     return fit_terms(X, y, VJ_LINEAR)
+
+
+def fit_linear(vj, y) -> dict:
+    """Least squares of y on v_j: {"c": slope without intercept, "r2": its R² (about the mean of y, may be < 0),
+    "c_intercept", "intercept", "r2_intercept": the fit y ~ a + c v_j}. Pure; float64."""
+    vj, y = np.asarray(vj, dtype=float), np.asarray(y, dtype=float)
+    if vj.shape != y.shape or vj.ndim != 1 or len(vj) < 2:
+        raise ValueError("fit_linear needs two 1-D arrays of the same length >= 2")
+    ss_tot = float(np.sum((y - y.mean()) ** 2))
+
+    def r2(resid):
+        return 1.0 - float(np.sum(resid**2)) / ss_tot if ss_tot > 0 else float("nan")
+
+    denom = float(np.dot(vj, vj))
+    c = float(np.dot(vj, y)) / denom if denom > 0 else 0.0
+    design = np.stack([np.ones_like(vj), vj], 1)  # (n, 2)
+    (a, c1), *_ = np.linalg.lstsq(design, y, rcond=None)
+    return {"c": c, "r2": r2(y - c * vj), "c_intercept": float(c1), "intercept": float(a),
+            "r2_intercept": r2(y - a - c1 * vj)}
 
 
 def _split(n: int, random_state: int, test_fraction: float) -> tuple[np.ndarray, np.ndarray]:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hat.choices import OPTIMIZERS
 from hat.config import TrainConfig
 from studies.lib.workqueue import (
     POLL_S,
@@ -52,7 +53,7 @@ class Param:
 
 
 SHARED_SPACE = {  # every arm: the learner's optimizer, and a learning rate in that optimizer's usual range
-    "optimizer": Param("categorical", choices=("adam", "sgd")),
+    "optimizer": Param("categorical", choices=tuple(OPTIMIZERS)),
     "lr_adam": Param("float", 1e-4, 1e-2, log=True),  # used when optimizer == "adam"
     "lr_sgd": Param("float", 1e-3, 3e-1, log=True),  # used when optimizer == "sgd"
 }

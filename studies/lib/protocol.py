@@ -1,0 +1,184 @@
+"""The protocol every study follows, and the one function that runs it.
+
+A study declares a `Study`: its arms, hypotheses, what phase 1 must give it, and any report sections of its own;
+`run(study)` does the rest:
+
+1. The command line (`studies.lib.cli`): preset sizes (`studies.lib.scale`), training flags, stores; every input
+   checked before anything is written or logged.
+2. Phase 1 (`studies.lib.phases.train_meta_learners`), when the study needs meta-learners: `scale.hat_runs` HAT
+   runs saving their meta-learner at the study's snapshot times (`--snapshots` reuses an earlier study's).
+3. Tuning (`studies.lib.tuning`): one Optuna study per arm, the same number of trials for every arm, objective
+   the mean validation accuracy over the tuning seeds (disjoint from the final seeds); the test set is never
+   looked at. Replicates: each arm's tuned config on the final seeds 0..N-1; seed s gives every arm the same
+   learner initialization and data order.
+4. Analysis (`studies.lib.analysis`, `studies.lib.stats`): paired differences against the control, Holm-corrected
+   over the study's family; diverged runs count as failures. Verdicts are values (`studies.lib.verdicts`).
+5. Output (`studies.lib.report`): report.md, results.csv, curves.csv and figures in `runs/<study name>/` and on
+   the study's MLflow parent run.
+
+A study with another flow (a grid of rates, several problems, no phase 2) replaces steps 2-3 with its own
+`experiment`, built from the same phases.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hat.train import bad_input
+from studies.lib import progress, report
+from studies.lib.analysis import Hypothesis
+from studies.lib.arms import Arm
+from studies.lib.cli import build_parser, make_context
+from studies.lib.context import Context, snapshots_from_dir
+from studies.lib.phases import PHASE1_SEED_BASE, snapshot_paths, train_meta_learners, tune_and_replicate
+
+
+@dataclass
+class MetaLearners:
+    """Phase 1's meta-learners: {seed: {snapshot epoch: path}}, and where they came from."""
+
+    snapshots: dict[int, dict[float, str]]
+    reused: str | None = None  # the --snapshots folder they were reused from; None: this study's phase 1
+
+    @classmethod
+    def placeholder(cls, runs: int, epochs) -> MetaLearners:
+        """Empty paths at the planned times: enough to build the arms whose cost the progress bar plans."""
+        return cls({PHASE1_SEED_BASE + k: {float(e): "" for e in epochs} for k in range(runs)})
+
+    def finals(self) -> list[str]:
+        """The final snapshot of every run, by seed."""
+        return [s[max(s)] for _, s in sorted(self.snapshots.items())]
+
+    def first(self) -> tuple[int, dict[float, str]]:
+        """The first run's seed and its snapshots."""
+        seed = min(self.snapshots)
+        return seed, self.snapshots[seed]
+
+    def paragraph(self, detail: str = "", heading: str = "Phase 1: meta-learners") -> list[str]:
+        """The report's phase-1 section: how many runs, which seeds, reused or not, then the study's `detail`."""
+        return [f"## {heading}", "",
+                f"{len(self.snapshots)} HAT run(s) with a trainable meta-learner (preset values, seeds "
+                f"{PHASE1_SEED_BASE}+)" + (f", reused from `{self.reused}`" if self.reused else "") + ". " + detail, ""]
+
+
+@dataclass
+class Setup:
+    """What a study's hooks see: the context, the parsed command line, the final seeds, phase 1's
+    meta-learners (None without phase 1) and the values its `prepare` step computed."""
+
+    ctx: Context
+    args: argparse.Namespace
+    seeds: list[int]
+    meta: MetaLearners | None = None
+    values: dict = field(default_factory=dict)
+
+
+@dataclass
+class Outcome:
+    """What the runs gave: the arms, each arm's tuning, {(arm, seed): result}; then the report's hypotheses and
+    their comparisons (one Holm family); `extra` holds whatever else a study's own flow returns."""
+
+    arms: list[Arm]
+    tuned: dict[str, dict]
+    results: dict[tuple[str, int], dict]
+    hypotheses: list[Hypothesis] = field(default_factory=list)
+    comps: list = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class Sections:
+    """A study's own report sections: lines (`Verdict` values among them) before and after the standard body,
+    and the files they refer to."""
+
+    before: list = field(default_factory=list)
+    after: list = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+
+
+def _none(setup: Setup) -> list:
+    return []
+
+
+@dataclass
+class Study:
+    """A study's declaration; `run` does the rest (module docstring)."""
+
+    name: str  # module name under studies/, e.g. "fixed_rule"; the default study name is <name>-<preset>
+    title: str  # report title
+    doc: str  # the module docstring: --help text and the report's "About this study"
+    arms: Callable[[Setup], list[Arm]] = _none  # the compared arms (the control among them)
+    hypotheses: Callable[[Setup], list[Hypothesis]] = _none  # the primary Holm family, on the arms
+    phase1: Callable[[Setup], tuple] | None = None  # snapshot epochs of phase 1's meta-learners; None: no phase 1
+    defaults: dict | Callable[[argparse.Namespace], dict] = field(default_factory=dict)  # config before the flags
+    scale: dict = field(default_factory=dict)  # study-size values of its own (e.g. trials 0), before the flags
+    flags: Callable[[argparse.ArgumentParser], None] | None = None  # the study's own flags
+    check: Callable[[argparse.Namespace], str | None] | None = None  # what is wrong with its flags (exit 2)
+    prepare: Callable[[Setup], dict] | None = None  # values computed once after phase 1, before the arms
+    derive: Callable[[Setup, Outcome], None] | None = None  # derived arms or results, before the comparisons
+    sections: Callable[[Setup, Outcome], Sections] | None = None  # the study's own report sections
+    experiment: Callable[[Setup, object], Outcome] | None = None  # a flow of its own instead of phase 1 + tuning
+    plan: Callable[[Setup], float | list[float]] | None = None  # its progress plan (runs, or their costs)
+    compare: bool = True  # False: no standard comparison body (the study's sections say everything)
+    legend: dict[str, str] = field(default_factory=dict)  # its own report columns
+
+
+def parser(study: Study) -> argparse.ArgumentParser:
+    """The study's command line: the shared flags, `--snapshots` when it has a phase 1, and its own."""
+    p = build_parser(study.doc, f"python -m studies.{study.name}")
+    if study.phase1 is not None:
+        p.add_argument("--snapshots", default=None,
+                       help="reuse the meta-learner snapshots in this folder (skips phase 1)")
+    if study.flags is not None:
+        study.flags(p)
+    return p
+
+
+def run(study: Study, argv: list[str] | None = None) -> int:
+    """Parse the command line, run the study's phases, write its report; 0 on success."""
+    p = parser(study)
+    args = p.parse_args(argv)
+    args.own_scale = [k for k, v in study.scale.items() if getattr(args, k) is None]  # the study's values used
+    for k in args.own_scale:
+        setattr(args, k, study.scale[k])
+    problem = study.check(args) if study.check is not None else None
+    if problem:  # one `error:` line, exit status 2, before anything is written
+        raise bad_input(problem)
+    defaults = study.defaults(args) if callable(study.defaults) else study.defaults
+    ctx = make_context(study.name, args, defaults)
+    setup = Setup(ctx, args, list(range(ctx.scale.seeds)))
+    reuse = getattr(args, "snapshots", None)
+    if study.experiment is not None:
+        plan = study.plan(setup) if study.plan is not None else 0
+        bar = progress.progress_bar(plan, study.name, ctx.progress)
+        outcome = study.experiment(setup, bar)
+    else:
+        epochs = tuple(study.phase1(setup)) if study.phase1 is not None else ()
+        runs = 0 if study.phase1 is None or reuse else ctx.scale.hat_runs
+        planned = Setup(ctx, args, setup.seeds, MetaLearners.placeholder(ctx.scale.hat_runs, epochs or (1.0,)))
+        bar = progress.progress_bar(progress.plan(ctx.base, ctx.scale, study.arms(planned), runs), study.name,
+                                    ctx.progress)
+        if study.phase1 is not None:
+            setup.meta = (MetaLearners(snapshots_from_dir(reuse), reused=reuse) if reuse else
+                          MetaLearners(snapshot_paths(ctx, train_meta_learners(ctx, epochs, bar))))
+        if study.prepare is not None:
+            setup.values = study.prepare(setup)
+        arms = study.arms(setup)
+        tuned, results = tune_and_replicate(ctx, arms, setup.seeds, bar)
+        outcome = Outcome(arms, tuned, results)
+    bar.close()
+    if args.no_report:
+        return 0
+    if study.derive is not None:
+        study.derive(setup, outcome)
+    outcome.hypotheses = study.hypotheses(setup)
+    body, files = [], []
+    if study.compare:
+        body, files, outcome.comps = report.comparison_sections(ctx, outcome.arms, outcome.tuned, outcome.results,
+                                                                setup.seeds, outcome.hypotheses)
+    own = study.sections(setup, outcome) if study.sections is not None else Sections()
+    report.finish_report(ctx, study.title, study.doc, own.before + body + own.after, files + own.files, study.legend)
+    return 0
