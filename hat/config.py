@@ -7,8 +7,8 @@ import json
 import math
 from dataclasses import dataclass, field
 
-ACTIVATION_NAMES = ("sigmoid", "relu", "tanh", "identity")  # hidden activations the trainer knows
-OPTIMIZERS = ("adam", "sgd")
+from hat.choices import ACTIVATIONS, OPTIMIZERS
+
 LABEL_MODES = ("subset", "batch")
 OUTPUT_RULE_ACTS = ("identity", "hidden")  # what M sees as v_j at the output layer
 FASHION_TRAIN, FASHION_INPUTS, FASHION_CLASSES = 60_000, 784, 10  # Fashion-MNIST: training examples, pixels, classes
@@ -77,7 +77,7 @@ class TrainConfig:
 
         n_train: training examples available before `train_limit` (default: Fashion-MNIST's 60,000 minus
         `val_size`); n_inputs / n_classes: what `widths` must start and end with (None: not checked).
-        Rule names and rule parameters are checked where the rule is built (`rules.get`).
+        Rule names and rule parameters are checked where the rule is built (`hat.trainer.build_rule`).
         """
         def bad(name, accepted, value=None):
             value = getattr(self, name) if value is None else value
@@ -105,8 +105,8 @@ class TrainConfig:
             bad("widths", f"the first size must be the input size {n_inputs}", tuple(w))
         if n_classes is not None and w[-1] != n_classes:
             bad("widths", f"the last size must be the number of classes {n_classes}", tuple(w))
-        if self.act not in ACTIVATION_NAMES:
-            bad("act", f"expected one of {', '.join(ACTIVATION_NAMES)}")
+        if self.act not in ACTIVATIONS:
+            bad("act", f"expected one of {', '.join(ACTIVATIONS)}")
         if not _is_int(self.init_seed_offset):
             bad("init_seed_offset", "expected an integer")
         if not _is_int(self.seed) or self.seed < 0:

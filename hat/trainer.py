@@ -25,14 +25,18 @@ state, so pair p of a population follows exactly the recipe of seed p alone; its
 results equal the single run's up to float rounding of the batched matmuls
 (tests/test_population.py).
 
-Evaluation uses the plain forward pass (no local update, no logit ReLU).
+Here: the learner, the rule of a config (`build_rule`), the pairs' training state and
+step (`Population`), the step plan, and the loop (`train_population`). Around it:
+`hat.runlog` (the MLflow life of the P runs), `hat.diagnostics` (the per-layer
+statistics of the curves), `hat.snapshots` (saved rules), `hat.choices` (activations
+and optimizers by name). Evaluation uses the plain forward pass (no local update, no
+logit ReLU).
 """
 
 from __future__ import annotations
 
 import math
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -42,16 +46,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import rules
+from hat import choices, population, snapshots
 from hat import data as hat_data
-from hat import population, snapshots
 from hat.config import TrainConfig
 from hat.device import pick_device
-
-ACTIVATIONS = {"sigmoid": torch.sigmoid, "relu": torch.relu, "tanh": torch.tanh, "identity": lambda x: x}
-
-
-class DivergedError(RuntimeError):
-    pass
+from hat.diagnostics import Diagnostics
+from hat.runlog import RunLog
 
 
 @dataclass
@@ -77,9 +77,8 @@ class Learner(nn.Module):
 
     def __init__(self, widths, act: str, generator: torch.Generator):
         super().__init__()
-        if act not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {act!r}; known: {sorted(ACTIVATIONS)}")
         self.act = act
+        self.hidden_act = choices.activation(act)  # the hidden layers' activation
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
         for i, o in zip(widths[:-1], widths[1:]):
@@ -93,14 +92,14 @@ class Learner(nn.Module):
 
     def layer_act(self, layer: int, logit_relu: bool = False):
         if layer < self.n_layers - 1:
-            return ACTIVATIONS[self.act]
-        return torch.relu if logit_relu else ACTIVATIONS["identity"]
+            return self.hidden_act
+        return torch.relu if logit_relu else choices.identity
 
     def rule_post_act(self, layer: int, cfg: TrainConfig):
         """The activation giving the v_j that a local rule sees at `layer`: the layer's own, except at the
         output layer with cfg.output_rule_act == "hidden" (sigma, as Algorithm 1 writes it)."""
         if layer == self.n_layers - 1 and cfg.output_rule_act == "hidden":
-            return ACTIVATIONS[self.act]
+            return self.hidden_act
         return self.layer_act(layer, cfg.logit_relu)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -148,20 +147,12 @@ def accuracy(learner: Learner, x: Tensor, y: Tensor, batch: int = 5000) -> float
     return population.accuracies([learner], x, y, batch)[0]
 
 
-def _make_optimizer(name: str, params, lr: float, foreach: bool | None = None):
-    """`foreach`: torch's multi-tensor implementation (None: torch's default, multi-tensor on CUDA)."""
-    params = [p for p in params if p.requires_grad]
-    if not params:
-        return None
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, foreach=foreach)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, foreach=foreach)
-    raise ValueError(f"unknown optimizer {name!r}; known: adam, sgd")
-
-
-def _snapshot_steps(cfg: TrainConfig, steps_per_epoch: int, total: int) -> dict[int, float]:
+def snapshot_steps(cfg: TrainConfig, steps_per_epoch: int, total: int) -> dict[int, float]:
+    """{step: epoch} of the snapshots of `cfg` (`--snapshot-epochs`) within a run of `total` steps."""
     return {min(total, max(1, round(e * steps_per_epoch))): float(e) for e in cfg.snapshot_epochs if e * steps_per_epoch <= total + 0.5}
+
+
+_snapshot_steps = snapshot_steps  # TEMPORARY alias for tests/test_rule_studies_b.py, which still names the old function
 
 
 class StepPlan(NamedTuple):
@@ -179,7 +170,7 @@ def step_plan(cfg: TrainConfig, n: int) -> StepPlan:
         raise ValueError(f"batch size {cfg.batch_size} exceeds the {n} training examples")
     total = max(1, round(cfg.epochs * steps_per_epoch))
     return StepPlan(steps_per_epoch, total, max(1, round(steps_per_epoch / cfg.evals_per_epoch)),
-                    _snapshot_steps(cfg, steps_per_epoch, total))
+                    snapshot_steps(cfg, steps_per_epoch, total))
 
 
 def splits(cfg: TrainConfig, data: hat_data.Data):
@@ -212,6 +203,188 @@ def train(cfg: TrainConfig, data: hat_data.Data | None = None, tracker=None, par
                             evaluate_test=evaluate_test)[0]
 
 
+class Population:
+    """The training state of P (learner, rule) pairs, one per seed, and their training step.
+
+    Each pair has its own learner (initialized from its seed), rule (`build_rule`), data order, label mask and
+    batch-label stream; one optimizer covers every pair's learner parameters and one every pair's rule parameters:
+    their state is per tensor, so each steps a pair as that pair's own optimizer would, and a pair that does not
+    step has its gradients cleared. Multi-tensor (foreach) updates for P > 1: the same arithmetic per element, a few
+    ops for all P pairs; at P = 1 torch's default (per-tensor on the CPU, faster for one learner's few tensors).
+    """
+
+    def __init__(self, cfg: TrainConfig, seeds: list[int], n: int, device):
+        """`cfg` with each of `seeds`, on n training examples, on `device`."""
+        self.cfg, self.n, self.device = cfg, n, device
+        self.cfgs = [cfg.replace(seed=s) for s in seeds]
+        self.size = len(self.cfgs)
+        self.learners = [Learner(c.widths, c.act, torch.Generator().manual_seed(c.seed + c.init_seed_offset)).to(device)
+                         for c in self.cfgs]
+        self.rules = None if cfg.rule == "none" else [build_rule(c).to(device) for c in self.cfgs]
+        for r in self.rules or ():
+            for m in r.modules():  # the rule and any rule inside it (noise's reference)
+                if isinstance(m, rules.Rule):
+                    m.memory_budget = cfg.memory_budget_mb * 2**20
+        foreach = True if self.size > 1 else None
+        self.opt_l = choices.make_optimizer(cfg.optimizer, [q for lr in self.learners for q in lr.parameters()], cfg.lr,
+                                            foreach=foreach)
+        self.opt_m = (choices.make_optimizer(cfg.rule_optimizer, [q for r in self.rules for q in r.parameters()],
+                                             cfg.rule_lr, foreach=foreach) if self.rules else None)
+        self.layers = population.layer_params(self.learners)
+        self.n_layers = self.learners[0].n_layers
+        self.pair_params = [list(self.learners[p].parameters()) + (list(self.rules[p].parameters()) if self.rules else [])
+                            for p in range(self.size)]
+        self.order_gens = [torch.Generator().manual_seed(c.seed + 1_000_003) for c in self.cfgs]
+        self.batch_gens = [torch.Generator().manual_seed(c.seed + 2_000_003) for c in self.cfgs]
+        self.labels = ([hat_data.label_mask(n, cfg.label_fraction, c.seed, device) for c in self.cfgs]
+                       if cfg.label_mode == "subset" else None)
+        self.grads = [torch.zeros((self.size, *w.shape), device=device) for w in self.learners[0].weights]  # (P, O, I)
+        self.updated = (set() if self.rules is None else
+                        set(range(self.n_layers) if cfg.local_layers is None else cfg.local_layers))
+        self.perms = [None] * self.size
+
+    def batch(self, step: int, steps_per_epoch: int, x: Tensor, y: Tensor):
+        """Step `step`'s batch of every pair: inputs (P, B, I), labels (P, B) and the labeled rows (P, B), or None
+        when every row is labeled. Each pair draws a new order of the n examples at the start of each epoch."""
+        cfg, pos = self.cfg, step % steps_per_epoch
+        if pos == 0:
+            self.perms = [torch.randperm(self.n, generator=g).to(self.device) for g in self.order_gens]
+        idx = population.stack([pm[pos * cfg.batch_size : (pos + 1) * cfg.batch_size] for pm in self.perms])  # (P, B)
+        if cfg.label_fraction >= 1:
+            mask = None  # every row labeled
+        elif self.labels is not None:
+            mask = population.stack([self.labels[p][idx[p]] for p in range(self.size)])  # (P, B)
+        else:
+            flags = [torch.rand((), generator=g).item() < cfg.label_fraction for g in self.batch_gens]
+            mask = torch.tensor(flags, device=self.device)[:, None].expand(self.size, idx.shape[1])  # (P, B)
+        return x[idx], y[idx], mask
+
+    def forward(self, epoch: float, xb: Tensor, yb: Tensor, mask: Tensor | None):
+        """The training forward pass at `epoch` (told to the rules first): the losses (P,), W' per layer (P, O, I),
+        and per pair whether its batch has a labeled row and whether its loss is finite (the step's one host sync)."""
+        for r in self.rules or ():
+            r.set_epoch(epoch)  # time-varying rules (e.g. a replayed schedule)
+        logits, new_ws = population.forward(self.learners, self.rules, xb, self.cfg, self.grads, self.layers)
+        losses = labeled_losses(logits, yb, mask)  # (P,)
+        finite = torch.isfinite(losses)
+        if mask is None:
+            has_labels, finite_l = [True] * self.size, finite.tolist()
+        else:
+            has_labels, finite_l = torch.stack([mask.any(1), finite]).tolist()  # (2, P)
+        return losses, new_ws, has_labels, finite_l
+
+    def step(self, losses: Tensor, new_ws: list[Tensor], stepping: list[bool], alive: list[bool],
+             diag: Diagnostics) -> None:
+        """Backward through the pairs that step (`stepping`), the local updates W <- W' of the live pairs, then the
+        optimizers; the step's losses and statistics go to `diag`."""
+        cfg, every = self.cfg, all(stepping)  # every: the common case, no masking needed
+        mask = None if every else torch.tensor(stepping, device=self.device)  # (P,)
+        for opt in (self.opt_l, self.opt_m):
+            if opt:
+                opt.zero_grad(set_to_none=True)
+        if any(stepping):
+            (losses.sum() if every else losses[mask].sum()).backward()
+            diag.add_losses(losses, mask)
+            if cfg.grad_clip:
+                for p in range(self.size):
+                    if stepping[p]:
+                        nn.utils.clip_grad_norm_(self.pair_params[p], cfg.grad_clip)
+        with torch.no_grad():
+            live = [p for p in range(self.size) if alive[p]]
+            local, g, before = [], [], []
+            for layer in range(self.n_layers):
+                ws = self.layers[layer][0]
+                if layer in self.updated:
+                    w_new = new_ws[layer].detach()  # (P, O, I)
+                    local.append(w_new - population.stack(ws))  # (P, O, I)
+                    torch._foreach_copy_([ws[p] for p in live], [w_new[p] for p in live])
+                    before.append(w_new)  # W', what the optimizer steps from
+                else:
+                    local.append(None)  # no local update: |local| = 0, cos = 0
+                    before.append(population.stack(ws).clone())  # (P, O, I)
+                g.append(population.stack([w.grad if w.grad is not None else torch.zeros_like(w) for w in ws]))
+                self.grads[layer] = g[-1].abs() if every else torch.where(mask[:, None, None], g[-1].abs(),
+                                                                         self.grads[layer])
+            for p in range(self.size):
+                if not stepping[p]:  # no step for this pair: drop the zeros its slice received
+                    for q in self.pair_params[p]:
+                        q.grad = None
+            for opt in (self.opt_l, self.opt_m):
+                if opt and any(stepping):
+                    opt.step()
+        diag.add_step(self.layers, local, g, before, stepping, mask)
+
+    def save_snapshots(self, step: int, epoch: float, alive: list[bool], out_dir, log: RunLog, results) -> None:
+        """Each live pair's rule, when it has a `config()`, as a snapshot (logged with its run)."""
+        if self.rules is None or self.rules[0].config() is None:
+            return
+        for p, c in enumerate(self.cfgs):
+            if alive[p]:
+                path = snapshots.save_snapshot(self.rules[p], snapshots.run_snapshot_path(out_dir, c.rule, c.seed, epoch),
+                                               step=step, epoch=epoch, seed=c.seed, widths=list(c.widths))
+                log.snapshot(p, path)
+                results[p].snapshots.append(str(path))
+
+    def weights_finite(self, p: int) -> bool:
+        """Whether pair p's learner has only finite parameters."""
+        return all(torch.isfinite(t).all() for t in self.learners[p].parameters())
+
+
+class Outcomes:
+    """What the P runs of a population record: each pair's `RunResult` (status, curve, snapshots, final numbers),
+    whether it is still training, its diagnostics, and its MLflow run (`hat.runlog.RunLog`)."""
+
+    def __init__(self, pop: Population, log: RunLog, plan: StepPlan, evals, evaluate_test: bool = True,
+                 callback=None, observer=None):
+        """evals: (x_val, y_val, x_test, y_test); callback and observer as in `train_population`."""
+        self.pop, self.log, self.plan = pop, log, plan
+        self.x_val, self.y_val, self.x_test, self.y_test = evals
+        self.evaluate_test, self.callback, self.observer = evaluate_test, callback, observer
+        self.results = [RunResult(status="ok", run_id=log.run_id(p)) for p in range(pop.size)]
+        self.alive = [True] * pop.size
+        self.diag = Diagnostics(pop.size, pop.n_layers, pop.device)
+        self.start = time.perf_counter()
+
+    def live(self) -> list[int]:
+        return [p for p in range(self.pop.size) if self.alive[p]]
+
+    def fail(self, p: int, reason: str) -> None:
+        """Pair p diverged: it stops training (the others go on) and its run ends FAILED."""
+        self.alive[p] = False
+        self.results[p].status, self.results[p].reason = "diverged", reason
+        self.log.diverged(p, reason)
+
+    def evaluate(self, step: int) -> None:
+        """Evaluate the live pairs after `step` steps: one curve point each (accuracies, diagnostics), logged, then
+        the observer and the callback."""
+        live, pop = self.live(), self.pop
+        val = population.accuracies([pop.learners[p] for p in live], self.x_val, self.y_val)
+        test = population.accuracies([pop.learners[p] for p in live], self.x_test, self.y_test) if self.evaluate_test \
+            else None
+        seconds = time.perf_counter() - self.start
+        for k, p in enumerate(live):
+            loss, layers = self.diag.take(p)
+            ev = {"step": step, "epoch": step / self.plan.steps_per_epoch, "seconds": seconds, "train_loss": loss,
+                  "val_acc": val[k], "test_acc": test[k] if test is not None else float("nan"), **layers}
+            self.results[p].curve.append(ev)
+            self.log.evaluation(p, ev)
+            if self.observer is not None:
+                self.observer(p, ev, pop.learners[p], pop.rules[p] if pop.rules else None)
+        for p in live:
+            if self.callback is not None:
+                self.callback(p, self.results[p].curve[-1])
+
+    def finish(self, out_dir: str | Path | None, plot: bool) -> list[RunResult]:
+        """Training is over: the live pairs' final numbers (their last evaluation), their runs FINISHED."""
+        for p in self.live():
+            r, last = self.results[p], self.results[p].curve[-1]
+            r.val_acc, r.test_acc, r.train_loss = last["val_acc"], last["test_acc"], last["train_loss"]
+            r.steps, r.seconds = self.plan.total, time.perf_counter() - self.start
+        self.log.finish(self.results, self.pop.cfgs, self.plan.total, Path(out_dir) if out_dir else None, plot,
+                        self.evaluate_test)
+        return self.results
+
+
 def train_population(cfg: TrainConfig, seeds: list[int], data: hat_data.Data | None = None, tracker=None,
                      parent_id: str | None = None, out_dir: str | Path | None = None, tags: dict | None = None,
                      progress: bool = True, run_name: str | None = None, callback=None, observer=None,
@@ -222,257 +395,74 @@ def train_population(cfg: TrainConfig, seeds: list[int], data: hat_data.Data | N
     callback(p, eval_dict) and observer(p, eval_dict, learner, rule) are called for pair p (seed seeds[p])
     after each of its evaluations; a callback may raise to stop the whole population. Other arguments as in `train`.
     """
+    device, (x_train, y_train, *evals) = prepare_data(cfg, data, data_root)
+    plan = step_plan(cfg, len(x_train))
+    pop = Population(cfg, seeds, len(x_train), device)
+    log = RunLog(tracker, pop.cfgs, pop.rules, parent_id, run_name, tags)
+    out = Outcomes(pop, log, plan, evals, evaluate_test, callback, observer)
+    bar = progress_bar(plan.total, run_name or (f"{cfg.rule} seed {cfg.seed}" if pop.size == 1 else
+                                                f"{cfg.rule} x{pop.size}"), progress)
+    try:
+        out.evaluate(0)
+        for step in range(plan.total):
+            xb, yb, mask = pop.batch(step, plan.steps_per_epoch, x_train, y_train)
+            losses, new_ws, has_labels, finite = pop.forward(step / plan.steps_per_epoch, xb, yb, mask)
+            for p in out.live():
+                if has_labels[p] and not finite[p]:
+                    out.fail(p, f"non-finite training loss ({losses[p].item()}) at step {step}")
+            if not any(out.alive):
+                break
+            pop.step(losses, new_ws, [a and h for a, h in zip(out.alive, has_labels)], out.alive, out.diag)
+            done = step + 1
+            bar.update(1)
+            if done in plan.snap_at:
+                pop.save_snapshots(done, plan.snap_at[done], out.alive, out_dir, log, out.results)
+            if done % plan.eval_every == 0 or done == plan.total:
+                for p in out.live():
+                    if not pop.weights_finite(p):
+                        out.fail(p, f"non-finite learner weights at step {done}")
+                if not any(out.alive):
+                    break
+                out.evaluate(done)
+                if pop.size == 1:
+                    last = out.results[0].curve[-1]
+                    bar.set_postfix(loss=f"{last['train_loss']:.3f}", val=f"{last['val_acc']:.1f}%")
+        return out.finish(out_dir, plot)
+    except BaseException as e:
+        log.abort(e)
+        raise
+    finally:
+        bar.close()
+
+
+def prepare_data(cfg: TrainConfig, data: hat_data.Data | None, data_root: str | None):
+    """(the run's device, the `splits` of the data on it): the data is loaded from `data_root` when not given, and
+    `cfg` is validated against it."""
     device = pick_device(cfg.device)
     data = data or hat_data.load(data_root, device, cfg.val_size)
     if data.device != device:
         raise ValueError(f"data is on {data.device} but the run is on {device}")
     cfg.validate(n_train=len(data.x_train), n_inputs=data.x_train.shape[1], n_classes=hat_data.NUM_CLASSES)
-    x_train, y_train, x_val, y_val, x_test, y_test = splits(cfg, data)
-    n = len(x_train)
-    steps_per_epoch, total, eval_every, snap_at = step_plan(cfg, n)
-
-    cfgs = [cfg.replace(seed=s) for s in seeds]
-    P = len(cfgs)
-    learners = [Learner(c.widths, c.act, torch.Generator().manual_seed(c.seed + c.init_seed_offset)).to(device)
-                for c in cfgs]
-    rules_ = None if cfg.rule == "none" else [build_rule(c).to(device) for c in cfgs]
-    for r in rules_ or ():
-        for m in r.modules():  # the rule and any rule inside it (noise's reference)
-            if isinstance(m, rules.Rule):
-                m.memory_budget = cfg.memory_budget_mb * 2**20
-    # One optimizer over every pair's parameters: its state is per tensor, so it steps each pair as
-    # that pair's own optimizer would; a pair that does not step this time has its gradients cleared.
-    # Multi-tensor (foreach) updates for P > 1: the same arithmetic per element, a few ops for all P pairs.
-    # At P = 1 torch's default: per-tensor on the CPU, which is faster for one learner's few tensors.
-    foreach = True if P > 1 else None
-    opt_l = _make_optimizer(cfg.optimizer, [q for lr in learners for q in lr.parameters()], cfg.lr, foreach=foreach)
-    opt_m = (_make_optimizer(cfg.rule_optimizer, [q for r in rules_ for q in r.parameters()], cfg.rule_lr,
-                             foreach=foreach) if rules_ else None)
-    layers = population.layer_params(learners)
-    pair_params = [list(learners[p].parameters()) + (list(rules_[p].parameters()) if rules_ else []) for p in range(P)]
-
-    order_gens = [torch.Generator().manual_seed(c.seed + 1_000_003) for c in cfgs]
-    batch_gens = [torch.Generator().manual_seed(c.seed + 2_000_003) for c in cfgs]
-    labels = ([hat_data.label_mask(n, cfg.label_fraction, c.seed, device) for c in cfgs]
-              if cfg.label_mode == "subset" else None)
-    grads = [torch.zeros((P, *w.shape), device=device) for w in learners[0].weights]  # per layer (P, O, I): |grad|
-    updated = set() if rules_ is None else set(range(learners[0].n_layers) if cfg.local_layers is None else cfg.local_layers)
-
-    out_dir = Path(out_dir) if out_dir else None
-    runs = [None] * P
-    if tracker is not None:
-        for p, c in enumerate(cfgs):
-            name = (run_name or f"{c.rule}-seed{c.seed}") if P == 1 else f"{run_name or c.rule} s{c.seed}"
-            runs[p] = tracker.start_run(name, parent_id=parent_id,
-                                        tags={"rule": c.rule, "seed": c.seed, **({"population": P} if P > 1 else {}),
-                                              **(tags or {})})
-            runs[p].log_params({**c.to_dict(), **({"rule_desc": rules_[p].describe()} if rules_ else {})})
-    results = [RunResult(status="ok", run_id=r.run_id if r else None) for r in runs]
-    alive = [True] * P
-    closed = [False] * P  # the pair's MLflow run has ended (FINISHED or FAILED)
-    n_layers = learners[0].n_layers
-    diag = torch.zeros(P, n_layers, 3, device=device)  # per pair and layer: |local|, |grad update|, cos
-    diag_n = [0] * P
-    loss_sum = torch.zeros(P, device=device)
-    loss_n = [0] * P
-    start = time.perf_counter()
-
-    def fail(p: int, reason: str) -> None:
-        alive[p] = False
-        results[p].status, results[p].reason = "diverged", reason
-        if runs[p] is not None:
-            runs[p].set_tags({"status": "diverged", "failure_reason": reason})
-            runs[p].finish("FAILED")
-            closed[p] = True
-
-    def evaluate(step: int) -> None:
-        live = [p for p in range(P) if alive[p]]
-        val = population.accuracies([learners[p] for p in live], x_val, y_val)
-        test = population.accuracies([learners[p] for p in live], x_test, y_test) if evaluate_test else None
-        seconds = time.perf_counter() - start
-        for k, p in enumerate(live):
-            ev = {"step": step, "epoch": step / steps_per_epoch, "seconds": seconds,
-                  "train_loss": (loss_sum[p] / loss_n[p]).item() if loss_n[p] else float("nan"),
-                  "val_acc": val[k], "test_acc": test[k] if test is not None else float("nan")}
-            if diag_n[p]:
-                d = (diag[p] / diag_n[p]).tolist()
-                for layer in range(n_layers):
-                    ev[f"local_norm_{layer}"], ev[f"grad_update_norm_{layer}"], ev[f"cos_local_neggrad_{layer}"] = d[layer]
-            diag[p].zero_()
-            diag_n[p], loss_n[p] = 0, 0
-            loss_sum[p] = 0.0
-            results[p].curve.append(ev)
-            if runs[p] is not None:
-                runs[p].log_metrics({k2: v for k2, v in ev.items() if k2 != "step" and math.isfinite(v)}, step)
-            if observer is not None:
-                observer(p, ev, learners[p], rules_[p] if rules_ else None)
-        for p in live:
-            if callback is not None:
-                callback(p, results[p].curve[-1])
-
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total, desc=run_name or (f"{cfg.rule} seed {cfg.seed}" if P == 1 else f"{cfg.rule} x{P}"),
-                   unit="step", leave=False)
-    try:
-        evaluate(0)
-        perms = [None] * P
-        for step in range(total):
-            pos = step % steps_per_epoch
-            if pos == 0:
-                perms = [torch.randperm(n, generator=g).to(device) for g in order_gens]
-            idx = population.stack([pm[pos * cfg.batch_size : (pos + 1) * cfg.batch_size] for pm in perms])  # (P, B)
-            xb, yb = x_train[idx], y_train[idx]  # (P, B, I), (P, B)
-            if cfg.label_fraction >= 1:
-                mask = None  # every row labeled
-            elif labels is not None:
-                mask = population.stack([labels[p][idx[p]] for p in range(P)])  # (P, B)
-            else:
-                flags = [torch.rand((), generator=g).item() < cfg.label_fraction for g in batch_gens]
-                mask = torch.tensor(flags, device=device)[:, None].expand(P, idx.shape[1])  # (P, B)
-            for r in rules_ or ():
-                r.set_epoch(step / steps_per_epoch)  # time-varying rules (e.g. a replayed schedule)
-            logits, new_ws = population.forward(learners, rules_, xb, cfg, grads, layers)
-            losses = labeled_losses(logits, yb, mask)  # (P,)
-            finite = torch.isfinite(losses)
-            if mask is None:
-                has_l, finite_l = [True] * P, finite.tolist()  # the step's one host sync
-            else:
-                has_l, finite_l = torch.stack([mask.any(1), finite]).tolist()  # (2, P): the step's one host sync
-            for p in range(P):
-                if alive[p] and has_l[p] and not finite_l[p]:
-                    fail(p, f"non-finite training loss ({losses[p].item()}) at step {step}")
-            if not any(alive):
-                break
-            stepping = [alive[p] and has_l[p] for p in range(P)]
-            every = all(stepping)  # the common case: no masking needed
-            steps_mask = None if every else torch.tensor(stepping, device=device)  # (P,)
-            for opt in (opt_l, opt_m):
-                if opt:
-                    opt.zero_grad(set_to_none=True)
-            if any(stepping):
-                (losses.sum() if every else losses[steps_mask].sum()).backward()
-                loss_sum += losses.detach() if every else torch.where(steps_mask, losses.detach(), 0.0)
-                if cfg.grad_clip:
-                    for p in range(P):
-                        if stepping[p]:
-                            nn.utils.clip_grad_norm_(pair_params[p], cfg.grad_clip)
-            with torch.no_grad():
-                live = [p for p in range(P) if alive[p]]
-                local, g, before = [], [], []
-                for layer in range(n_layers):
-                    ws = layers[layer][0]
-                    if layer in updated:
-                        w_new = new_ws[layer].detach()  # (P, O, I)
-                        local.append(w_new - population.stack(ws))  # (P, O, I)
-                        torch._foreach_copy_([ws[p] for p in live], [w_new[p] for p in live])
-                        before.append(w_new)  # W', what the optimizer steps from
-                    else:
-                        local.append(None)  # no local update: |local| = 0, cos = 0
-                        before.append(population.stack(ws).clone())  # (P, O, I)
-                    g.append(population.stack([w.grad if w.grad is not None else torch.zeros_like(w) for w in ws]))
-                    grads[layer] = g[-1].abs() if every else torch.where(steps_mask[:, None, None], g[-1].abs(), grads[layer])
-                for p in range(P):
-                    if not stepping[p]:  # no step for this pair: drop the zeros its slice received
-                        for q in pair_params[p]:
-                            q.grad = None
-                for opt in (opt_l, opt_m):
-                    if opt and any(stepping):
-                        opt.step()
-                stats = []
-                for layer in range(n_layers):
-                    update = (population.stack(layers[layer][0]) - before[layer]).norm(dim=(1, 2))  # (P,)
-                    if local[layer] is None:
-                        zero = torch.zeros_like(update)
-                        stats += [zero, update, zero]
-                    else:
-                        local_n = local[layer].norm(dim=(1, 2))  # (P,)
-                        dot = (local[layer] * -g[layer]).sum((1, 2))  # (P,)
-                        cos = dot / (local_n * g[layer].norm(dim=(1, 2))).clamp_min(1e-30)
-                        stats += [local_n, update, cos]
-                stats = torch.stack(stats, 1).view(diag.shape)  # (P, 3 L) -> (P, L, 3)
-                diag += stats if every else torch.where(steps_mask[:, None, None], stats, 0.0)
-                for p in range(P):
-                    if stepping[p]:
-                        diag_n[p] += 1
-                        loss_n[p] += 1
-            done = step + 1
-            if bar is not None:
-                bar.update(1)
-            if done in snap_at and rules_ is not None and rules_[0].config() is not None:
-                for p in range(P):
-                    if alive[p]:
-                        results[p].snapshots.append(str(_save_snapshot(rules_[p], cfgs[p], done, snap_at[done],
-                                                                       out_dir, runs[p])))
-            if done % eval_every == 0 or done == total:
-                for p in range(P):
-                    if alive[p] and not all(torch.isfinite(t).all() for t in learners[p].parameters()):
-                        fail(p, f"non-finite learner weights at step {done}")
-                if not any(alive):
-                    break
-                evaluate(done)
-                if bar is not None and P == 1:
-                    last = results[0].curve[-1]
-                    bar.set_postfix(loss=f"{last['train_loss']:.3f}", val=f"{last['val_acc']:.1f}%")
-        for p in range(P):
-            if not alive[p]:
-                continue
-            last = results[p].curve[-1]
-            results[p].val_acc, results[p].test_acc, results[p].train_loss = last["val_acc"], last["test_acc"], last["train_loss"]
-            results[p].steps = total
-            results[p].seconds = time.perf_counter() - start
-        finished = [p for p in range(P) if runs[p] is not None and alive[p]]
-        for p in finished:  # training is over: from here on, a run is never recorded KILLED
-            closed[p] = True
-        for p in finished:
-            try:
-                runs[p].log_metrics({"final_val_acc": results[p].val_acc, "seconds": results[p].seconds,
-                                     **({"final_test_acc": results[p].test_acc} if evaluate_test else {})}, total)
-                if plot:
-                    _log_curve_plot(results[p], runs[p], out_dir, cfgs[p])
-            except Exception as e:  # a figure or metric that cannot be written does not undo a finished run
-                warnings.warn(f"run {results[p].run_id}: could not log its final metrics or curve plot: {e}",
-                              RuntimeWarning, stacklevel=2)
-            try:
-                runs[p].set_tags({"status": "ok"})
-                runs[p].finish("FINISHED")
-            except Exception as e:  # e.g. a locked store: the run keeps its state; the others still finish
-                warnings.warn(f"run {results[p].run_id}: could not be marked FINISHED: {e}", RuntimeWarning,
-                              stacklevel=2)
-        return results
-    except BaseException as e:
-        stopped = getattr(e, "run_status", None)  # a callback stopped the run on purpose (e.g. a pruned trial)
-        for p in range(P):
-            if runs[p] is not None and not closed[p]:
-                if stopped:
-                    runs[p].set_tags({"status": str(stopped)})
-                    runs[p].finish("FINISHED")
-                else:
-                    runs[p].set_tags({"status": "interrupted", "failure_reason": type(e).__name__})
-                    runs[p].finish("KILLED")
-        raise
-    finally:
-        if bar is not None:
-            bar.close()
+    return device, splits(cfg, data)
 
 
-def _save_snapshot(rule, cfg: TrainConfig, step: int, epoch: float, out_dir: Path | None, run) -> Path:
-    path = snapshots.save_snapshot(rule, snapshots.run_snapshot_path(out_dir, cfg.rule, cfg.seed, epoch),
-                                   step=step, epoch=epoch, seed=cfg.seed, widths=list(cfg.widths))
-    if run is not None:
-        run.log_artifact(path, "snapshots")
-        run.log_artifact(path.with_suffix(".json"), "snapshots")
-    return path
+class NoBar:
+    """A silent stand-in for the step bar (`progress=False`)."""
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix(self, **values) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
-def _log_curve_plot(result: RunResult, run, out_dir: Path | None, cfg: TrainConfig) -> None:
-    import tempfile
+def progress_bar(total: int, desc: str, enabled: bool):
+    """A tqdm bar over a run's `total` steps, or a silent stand-in."""
+    if not enabled:
+        return NoBar()
+    from tqdm.auto import tqdm
 
-    from hat.plots import plot_run_curve
-
-    folder = Path(out_dir) / "plots" if out_dir else Path(tempfile.mkdtemp())
-    folder.mkdir(parents=True, exist_ok=True)
-    path = plot_run_curve(result.curve, folder / f"curve_{cfg.rule}_seed{cfg.seed}.png", f"{cfg.rule}, seed {cfg.seed}")
-    run.log_artifact(path, "plots")
+    return tqdm(total=total, desc=desc, unit="step", leave=False)

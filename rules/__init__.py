@@ -33,7 +33,8 @@ from importlib.metadata import entry_points
 from rules.base import CONTEXT, KINDS, ElementwiseRule, Rule, SavedRuleError
 
 __all__ = ["CONTEXT", "KINDS", "ElementwiseRule", "Rule", "RuleParamsError", "SavedRuleError", "UnknownRuleError",
-           "accepted_params", "available", "build", "check_params", "get", "names", "register", "rule_class"]
+           "accepted_params", "available", "build", "check_params", "get", "names", "register", "rule_class",
+           "unregister"]
 
 _REGISTRY: dict[str, type[Rule]] = {}
 _loaded = False
@@ -59,6 +60,11 @@ def register(name: str):
         return cls
 
     return wrap
+
+
+def unregister(name: str) -> None:
+    """Remove the rule `name` from the registry, if registered (a test's own rule, when the test ends)."""
+    _REGISTRY.pop(name, None)
 
 
 def _load_all() -> None:

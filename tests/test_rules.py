@@ -545,7 +545,7 @@ def test_new_rule_registered_in_test_works_with_get_and_trainer(toy_data):
         assert res.ok and ctrl.ok
         assert [c["train_loss"] for c in res.curve[1:]] != [c["train_loss"] for c in ctrl.curve[1:]]
     finally:
-        rules._REGISTRY.pop(name, None)
+        rules.unregister(name)
     assert name not in rules.available()
 
 

@@ -689,6 +689,85 @@ def test_interrupted_run_is_recorded_killed(toy_data, tmp_tracking_uri):
     assert run.info.status == "KILLED" and run.data.tags["status"] == "interrupted"
 
 
+class _Recorder:
+    """A stand-in for `hat.tracking.Tracker` that records what each run is told."""
+
+    def __init__(self):
+        self.calls = []
+
+    def start_run(self, name, tags=None, parent_id=None):
+        recorder, run_id = self, f"r{len(self.calls)}"
+
+        class Run:
+            def __getattr__(self, method):
+                return lambda *a, **k: recorder.calls.append((self.run_id, method, a))
+
+        run = Run()
+        run.run_id = run_id
+        self.calls.append((run_id, "start", (name, dict(tags or {}), parent_id)))
+        return run
+
+
+class _Pruned(Exception):
+    run_status = "pruned"
+
+
+def test_run_log_states_of_a_population(toy_data):
+    """One run per pair: a diverged pair's run ends FAILED while the others finish; a stop on purpose (an exception
+    with `run_status`) ends every open run FINISHED with that status, any other exception KILLED."""
+    cfg = toy_cfg(rule="converged", rate=30.0, rule_params={"c": 2.0})
+    seeds = [0, 1, 2]
+    rec = _Recorder()
+    res = trainer.train_population(cfg, seeds, data=toy_data, progress=False, tracker=rec, parent_id="parent")
+    starts = [c for c in rec.calls if c[1] == "start"]
+    assert [c[2][0] for c in starts] == [f"converged s{s}" for s in seeds]
+    assert all(c[2][1] == {"rule": "converged", "seed": s, "population": 3} and c[2][2] == "parent"
+               for c, s in zip(starts, seeds))
+    ends = {run_id: a[0] for run_id, method, a in rec.calls if method == "finish"}
+    assert [ends[r.run_id] for r in res] == ["FINISHED" if r.ok else "FAILED" for r in res]
+    assert any(not r.ok for r in res)
+    for error, status, state in ((_Pruned(), "pruned", "FINISHED"), (KeyboardInterrupt(), "interrupted", "KILLED")):
+        def stop(p, ev, error=error):
+            if ev["step"] > 0:
+                raise error
+
+        rec = _Recorder()
+        with pytest.raises(type(error)):
+            trainer.train_population(toy_cfg(rule="hebb", rate=0.01), [0, 1], data=toy_data, progress=False,
+                                     tracker=rec, callback=stop)
+        tags = [a[0]["status"] for _, method, a in rec.calls if method == "set_tags"]
+        assert tags == [status] * 2 and [a[0] for _, m, a in rec.calls if m == "finish"] == [state] * 2
+
+
+def test_one_table_of_activations_and_optimizers():
+    """hat.choices names every activation and optimizer once: the config accepts exactly those, the learner and the
+    optimizers are built from them, and the tuning space searches over them."""
+    from hat import choices
+    from hat.config import ConfigError
+    from studies.lib import tuning
+
+    x = torch.linspace(-2, 2, 5)
+    for name in choices.ACTIVATIONS:
+        toy_cfg(act=name).validate(n_inputs=None, n_classes=None)
+        learner = Learner((5, 3, 2), name, torch.Generator().manual_seed(0))
+        want = {"sigmoid": torch.sigmoid, "relu": torch.relu, "tanh": torch.tanh, "identity": lambda t: t}[name]
+        assert torch.equal(learner.layer_act(0)(x), want(x))
+    with pytest.raises(ConfigError, match="act"):
+        toy_cfg(act="gelu").validate(n_inputs=None, n_classes=None)
+    with pytest.raises(ValueError, match="activation"):
+        Learner((5, 3, 2), "gelu", torch.Generator())
+    params = [nn.Parameter(torch.zeros(2))]
+    assert isinstance(choices.make_optimizer("adam", params, 1e-3), torch.optim.Adam)
+    assert isinstance(choices.make_optimizer("sgd", params, 1e-3), torch.optim.SGD)
+    assert choices.make_optimizer("adam", [torch.zeros(2)], 1e-3) is None  # nothing to train
+    with pytest.raises(ValueError, match="optimizer"):
+        choices.make_optimizer("rmsprop", params, 1e-3)
+    for name in ("optimizer", "rule_optimizer"):
+        with pytest.raises(ConfigError, match=name.replace("_", "-")):
+            toy_cfg(**{name: "rmsprop"}).validate(n_inputs=None, n_classes=None)
+    assert tuning.SHARED_SPACE["optimizer"].choices == tuple(choices.OPTIMIZERS)
+
+
 class _RecordPost(rules.Rule):
     """A rule that records the v_j it is given per call and returns no update."""
 
