@@ -314,16 +314,14 @@ class Population:
                     opt.step()
         diag.add_step(self.layers, local, g, before, stepping, mask)
 
-    def save_snapshots(self, step: int, epoch: float, alive: list[bool], out_dir, log: RunLog, results) -> None:
-        """Each live pair's rule, when it has a `config()`, as a snapshot (logged with its run)."""
+    def save_snapshots(self, step: int, epoch: float, alive: list[bool], out_dir) -> list[tuple[int, Path]]:
+        """[(p, path)]: each live pair's rule saved as a snapshot at `step` (`epoch`) under `out_dir`; none when the
+        rules have no `config()` (nothing to save)."""
         if self.rules is None or self.rules[0].config() is None:
-            return
-        for p, c in enumerate(self.cfgs):
-            if alive[p]:
-                path = snapshots.save_snapshot(self.rules[p], snapshots.run_snapshot_path(out_dir, c.rule, c.seed, epoch),
-                                               step=step, epoch=epoch, seed=c.seed, widths=list(c.widths))
-                log.snapshot(p, path)
-                results[p].snapshots.append(str(path))
+            return []
+        return [(p, snapshots.save_snapshot(self.rules[p], snapshots.run_snapshot_path(out_dir, c.rule, c.seed, epoch),
+                                            step=step, epoch=epoch, seed=c.seed, widths=list(c.widths)))
+                for p, c in enumerate(self.cfgs) if alive[p]]
 
     def weights_finite(self, p: int) -> bool:
         """Whether pair p's learner has only finite parameters."""
@@ -353,6 +351,11 @@ class Outcomes:
         self.alive[p] = False
         self.results[p].status, self.results[p].reason = "diverged", reason
         self.log.diverged(p, reason)
+
+    def snapshot(self, p: int, path: Path) -> None:
+        """Pair p's rule was saved at `path`: listed in its result, logged with its run."""
+        self.log.snapshot(p, path)
+        self.results[p].snapshots.append(str(path))
 
     def evaluate(self, step: int) -> None:
         """Evaluate the live pairs after `step` steps: one curve point each (accuracies, diagnostics), logged, then
@@ -416,7 +419,8 @@ def train_population(cfg: TrainConfig, seeds: list[int], data: hat_data.Data | N
             done = step + 1
             bar.update(1)
             if done in plan.snap_at:
-                pop.save_snapshots(done, plan.snap_at[done], out.alive, out_dir, log, out.results)
+                for p, path in pop.save_snapshots(done, plan.snap_at[done], out.alive, out_dir):
+                    out.snapshot(p, path)
             if done % plan.eval_every == 0 or done == plan.total:
                 for p in out.live():
                     if not pop.weights_finite(p):

@@ -20,7 +20,7 @@ a matrix product) overrides `delta` and keeps `pointwise` as its definition, so
 the contract tests can check one against the other.
 
 Everything else about a rule is declared on its class, with the neutral defaults of `Rule` below, so that a
-rule is one file for the trainer and for every study (nothing probes rules with hasattr or inspect):
+rule is one file for the trainer and for every study (which read these, never probe a rule with hasattr):
 
     kind          what the rule is, one of KINDS (default "fixed")
     cost          per-step cost relative to a backprop step, for progress bars (`step_cost` when it depends
@@ -32,7 +32,8 @@ rule is one file for the trainer and for every study (nothing probes rules with 
 
 Rules that read saved rules (snapshot, mean, schedule, noise matched to a snapshot) take their paths as
 plain JSON parameters and a `loader` from the trainer (`Loader`): the snapshot file format belongs to
-`hat.snapshots`, and this package imports nothing of `hat` but `hat.kernels`.
+`hat.snapshots`, and this package imports nothing of `hat` but `hat.kernels` (apart from the temporary
+fallback of `require_loader`, for callers that do not pass a loader yet).
 """
 
 from __future__ import annotations
@@ -104,8 +105,8 @@ class Rule(nn.Module):
     kind: ClassVar[str] = "fixed"  # one of KINDS
     cost: ClassVar[float | None] = None  # per-step cost relative to a backprop step; None: a frozen M's (`step_cost`)
     study_params: ClassVar[dict] = {}  # rule_params a study uses for this rule by default (e.g. converged: c = 2)
-    # Parameters a study may tune: {name: (kind, low, high[, log])} with kind "float" or "int", or
-    # {name: ("categorical", (choice, ...))}: the arguments of `studies.lib.tuning.Param`, as plain data.
+    # Parameters a study may tune, as plain data: {name: (kind, low, high[, log])}, kind "float" or "int" (the
+    # positional arguments of `studies.lib.tuning.Param`, so a study's space is {f"rule_params.{k}": Param(*v)}).
     tunable: ClassVar[dict[str, tuple]] = {}
     # The run's values the constructor takes (a subset of CONTEXT); `rules.build` passes each unless the rule
     # parameters set it: "seed" the run's seed (a seeded initialization or random stream), "n_layers" the

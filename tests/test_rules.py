@@ -331,6 +331,8 @@ def test_registry_gradcheck(name):
 
 
 def test_class_declarations_are_well_formed():
+    from studies.lib import tuning
+
     """What the trainer and the studies read from a rule class (rules.base): a kind, a cost, study and tunable
     parameters the constructor takes, and a run context that is exactly the constructor's context parameters
     (so `rules.build` passes the seed, the layer count and the loader to every rule that takes them)."""
@@ -342,9 +344,9 @@ def test_class_declarations_are_well_formed():
         assert cls.step_cost({}, True, 8) >= 1.0, name
         assert set(cls.study_params) <= set(accepted), (name, cls.study_params)
         for key, spec in cls.tunable.items():
-            assert key in accepted and spec[0] in ("float", "int", "categorical"), (name, key, spec)
-            if spec[0] != "categorical":
-                assert len(spec) in (3, 4) and spec[1] < spec[2], (name, key, spec)
+            assert key in accepted and spec[0] in ("float", "int"), (name, key, spec)
+            assert len(spec) in (3, 4) and spec[1] < spec[2], (name, key, spec)
+            assert tuning.Param(*spec).kind == spec[0]  # a study's search space takes it as is
         assert set(cls.context) <= set(rules.CONTEXT), name
         assert set(cls.context) == set(accepted) & set(rules.CONTEXT), (name, cls.context, accepted)
 
