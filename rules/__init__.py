@@ -103,17 +103,20 @@ def rule_class(name: str) -> type[Rule]:
 
 
 def accepted_params(cls: type[Rule]) -> tuple[list[str], list[str], bool]:
-    """(accepted keyword names, required ones, whether it takes **kwargs) of a rule class's constructor."""
+    """(accepted rule parameters, required ones, whether it takes **kwargs) of a rule class's constructor: its
+    keyword parameters but `loader`, which is never a rule parameter (JSON) but an object from the trainer."""
     import inspect
 
     sig = inspect.signature(cls.__init__)
-    ps = [p for p in list(sig.parameters.values())[1:] if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    ps = [p for p in list(sig.parameters.values())[1:] if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+          and p.name != "loader"]
     varkw = any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values())
     return [p.name for p in ps], [p.name for p in ps if p.default is p.empty], varkw
 
 
 def check_params(name: str, params: dict) -> None:
-    """RuleParamsError if `params` has a key the rule `name` does not take, or lacks a required one."""
+    """RuleParamsError if the rule parameters `params` have a key the rule `name` does not take, or lack a required
+    one."""
     accepted, required, varkw = accepted_params(rule_class(name))
     shown = ", ".join(accepted) or "none"
     unknown = [k for k in params if k not in accepted]
@@ -133,16 +136,24 @@ def build(name: str, params: dict, **context) -> Rule:
     unknown = set(context) - set(CONTEXT)
     if unknown:
         raise ValueError(f"unknown run context {sorted(unknown)}; known: {', '.join(CONTEXT)}")
+    check_params(name, params)
     given = {k: v for k, v in context.items() if k in cls.context and k not in params}
-    return get(name, **params, **given)
+    return _construct(name, {**params, **given})
 
 
 def get(name: str, **params) -> Rule:
-    """Instantiate the rule registered as `name` with keyword `params` (RuleParamsError for unknown keys)."""
+    """Instantiate the rule registered as `name` with keyword `params` (RuleParamsError for unknown keys); a
+    `loader` (`rules.base.Loader`) is passed on to the rules that read saved rules."""
+    check_params(name, {k: v for k, v in params.items() if k != "loader"})
+    return _construct(name, params)
+
+
+def _construct(name: str, kwargs: dict) -> Rule:
+    """The rule `name` built with `kwargs`; a TypeError of its constructor as a RuleParamsError naming the accepted
+    keys."""
     cls = rule_class(name)
-    check_params(name, params)
     try:
-        return cls(**params)
+        return cls(**kwargs)
     except TypeError as e:
         raise RuleParamsError(f"bad parameters for rule {name!r}: {e}; accepted keys: "
                               f"{', '.join(accepted_params(cls)[0]) or 'none'}") from None

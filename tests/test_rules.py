@@ -6,6 +6,7 @@ Every expected value is computed independently in the test: Python loops over sy
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import pytest
@@ -348,7 +349,9 @@ def test_class_declarations_are_well_formed():
             assert len(spec) in (3, 4) and spec[1] < spec[2], (name, key, spec)
             assert tuning.Param(*spec).kind == spec[0]  # a study's search space takes it as is
         assert set(cls.context) <= set(rules.CONTEXT), name
-        assert set(cls.context) == set(accepted) & set(rules.CONTEXT), (name, cls.context, accepted)
+        takes = set(inspect.signature(cls.__init__).parameters)
+        assert set(cls.context) == takes & set(rules.CONTEXT), (name, cls.context, takes)
+        assert "loader" not in accepted  # never a rule parameter (JSON): an object from the trainer
 
 
 def test_names_by_kind():
