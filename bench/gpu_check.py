@@ -407,7 +407,7 @@ def section_projection(train_res: dict, epoch_res: dict, pops) -> str:
     """Hours of the paper protocol: tuning (trials x tuning seeds of 20 epochs per arm, one seed at a time,
     upper bound without pruning) and replicates (100 runs of 20 epochs per arm) at each P."""
     from bench.throughput import PROTOCOL_EPOCHS, PROTOCOL_RUNS
-    from studies.lib.common import SCALES
+    from studies.lib.scale import SCALES
 
     scale = SCALES["paper"]
     tune_epochs = scale["trials"] * scale["tuning_seeds"] * PROTOCOL_EPOCHS
@@ -436,7 +436,7 @@ def section_projection(train_res: dict, epoch_res: dict, pops) -> str:
     rows.append(row("replicates at P = 1 incl. evaluation", hours(epoch_res.get("HAT", {}).get("s_epoch"), rep_epochs),
                     hours(epoch_res.get("control", {}).get("s_epoch"), rep_epochs), "section 4"))
     return (f"## 5. Projected cost of the paper protocol (hours on this device)\n\nPaper study scale "
-            f"(`studies.lib.common.SCALES['paper']`): {scale}.\n\n"
+            f"(`studies.lib.scale.SCALES['paper']`): {scale}.\n\n"
             + md_table(["item", "HAT (h)", "control (h)", "both (h)", "basis"], rows))
 
 

@@ -8,7 +8,7 @@ pre, w, post (|grad| is an input without gradient), float32.
 
 Implementations:
   paper-style  stack the inputs as a (B, D, O, I) image and run M as two 1x1 Conv2d, mean over B
-  naive        the broadcast formula with autograd (`hat.elementwise.dense_delta`)
+  naive        the broadcast formula with autograd (`hat.kernels.elementwise.dense_delta`)
   compile      torch.compile of the broadcast formula (skipped with a note if it fails or
                compiling takes longer than --compile-timeout seconds)
   chunked      `hat.kernels` backend "chunked" (checkpointed blocks)
@@ -94,8 +94,17 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from hat import elementwise
-from hat.kernels import ACTS, MLPForm, flops, fused, mlp_delta, mlp_population_delta, numba_available, triton_available
+from hat.kernels import (
+    ACTS,
+    MLPForm,
+    elementwise,
+    flops,
+    fused,
+    mlp_delta,
+    mlp_population_delta,
+    numba_available,
+    triton_available,
+)
 
 SIZES = {
     "paper": dict(B=50, O=183, I=784, H=100, act="relu", inputs=("pre", "w", "post")),

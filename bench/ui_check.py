@@ -1,7 +1,7 @@
 """Check a study's MLflow UI in a real browser: the arm-by-arm comparison view lists every arm.
 
 Starts `mlflow ui` on the study's tracking store (a free localhost port), finds the study's parent run and its
-arm parent runs (study -> arm -> run, see studies.lib.common.Context.arm_parent), opens the UI's compare view of the
+arm parent runs (study -> arm -> run, see studies.lib.context.Context.arm_parent), opens the UI's compare view of the
 arm parents in headless Chromium (the system's `chromium`, Debian package `chromium`), lets the page's scripts
 run, and checks that the rendered DOM names every arm and shows the summaries logged at report time. It
 saves a screenshot of the view and the DOM beside it.

@@ -44,7 +44,7 @@ import numpy as np
 from studies.lib import analysis, report, stats, tuning
 from studies.lib.analysis import Hypothesis
 from studies.lib.arms import Arm, rule_arm
-from studies.lib.protocol import Outcome, Sections, Setup, Study, run
+from studies.lib.protocol import Outcome, Sections, Setup, Study
 from studies.lib.scale import SCALES
 from studies.lib.verdicts import Verdict
 
@@ -176,8 +176,7 @@ STUDY = Study("authors", "The authors' configuration, ablated", __doc__, arms, f
               scale={"trials": 0}, sections=sections)  # fixed settings: no tuning unless asked for
 
 
-def main(argv: list[str] | None = None) -> int:
-    return run(STUDY, argv)
+main = STUDY.main  # python -m studies.<name>, or main([...flags]) from Python
 
 
 if __name__ == "__main__":

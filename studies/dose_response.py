@@ -44,20 +44,22 @@ from __future__ import annotations
 import math
 import sys
 
-from studies.lib import analysis, report, stats, tuning
+from studies.lib import analysis, report, tuning
 from studies.lib.arms import Arm
 from studies.lib.dose import (
-    arm_name,
     best_rate,
+    check_grid_args,
     dose_hypotheses,
     dose_rows,
     dose_table,
     magnitude_table,
     matched_rate,
     mean_defined,
+    no_help_lines,
     rate_arm,
     rate_grid,
     relative_norm,
+    rho_at,
     run_arms,
     sweep,
     write_dose_csv,
@@ -65,7 +67,7 @@ from studies.lib.dose import (
 )
 from studies.lib.figures import plot_dose
 from studies.lib.phases import PHASE1_SEED_BASE, result_dict, train_meta_learners
-from studies.lib.protocol import Outcome, Sections, Setup, Study, run
+from studies.lib.protocol import Outcome, Sections, Setup, Study
 
 FIXED_RULES = ("hebb", "oja", "gha", "converged", "bcm", "krotov", "noise")  # those in the registry are swept
 RULE_PARAMS = {"converged": {"c": 2.0}, "noise": {"rms": 1.0}}  # noise: rate = per-entry RMS of the update
@@ -108,9 +110,7 @@ def experiment(s: Setup, bar) -> Outcome:
                                   {"converged": {float(f"{ctx.base.rate:.6g}")}}, bar)
     results.update(grid_results)
     ref = float(f"{s.args.ref_rate:.6g}")
-    rho_ref = {r: mean_defined(results[(arm_name(r, ref), s_)]["rel_norm"] for s_ in seeds
-                              if (arm_name(r, ref), s_) in results and results[(arm_name(r, ref), s_)]["status"] == "ok")
-               for r in rules_}
+    rho_ref = {r: rho_at(results, r, ref, seeds) for r in rules_}
     matched = {r: matched_rate(rho_m, rho_ref[r], ref) for r in rules_}
     arms = [rate_arm(r, "matched", matched[r], RULE_PARAMS.get(r, {}), f"X-matched-{r}")
             for r in rules_ if math.isfinite(matched[r])]
@@ -141,10 +141,7 @@ def sections(s: Setup, o: Outcome) -> Sections:
     fig = plot_dose(rows, rho_m, stopped, best, ctx.out / "dose_response.png",
                     f"{ctx.name}: accuracy difference from the control against the rate")
     files.append(fig)
-    no_help = [f"- {h.key}: the claim \"{h.arm.split('@')[0]} at "
-               f"{'the matched magnitude' if h.key.startswith('X-matched') else 'its best rate'} does not help\" "
-               f"{'HOLDS' if stats.shown_below_margin(c.verdict) else 'is NOT SHOWN'} (effect claim: {c.verdict})"
-               for h, c in zip(hyps, comps) if h.key.startswith("X-")]
+    no_help = no_help_lines(hyps, comps)
     verdicts = analysis.verdicts(hyps, comps)
     print("\n" + "\n".join([v.line() for v in verdicts] + no_help))
     table = dose_table(rows)
@@ -174,23 +171,6 @@ def sections(s: Setup, o: Outcome) -> Sections:
     ], files=files)
 
 
-def check_grid_args(args) -> str | None:
-    """What is wrong with the grid flags, or a learner without a hidden layer (None: nothing)."""
-    problems = []
-    if not (math.isfinite(args.rate_min) and args.rate_min > 0):
-        problems.append(f"--rate-min {args.rate_min:g}: expected a finite rate > 0 (rate 0 is the control)")
-    if not (math.isfinite(args.rate_max) and args.rate_max >= args.rate_min):
-        problems.append(f"--rate-max {args.rate_max:g}: expected a finite rate >= --rate-min {args.rate_min:g}")
-    if args.per_decade < 1:
-        problems.append(f"--per-decade {args.per_decade}: expected a positive integer")
-    if not (math.isfinite(args.ref_rate) and args.ref_rate > 0):
-        problems.append(f"--ref-rate {args.ref_rate:g}: expected a finite rate > 0")
-    if args.widths is not None and len(args.widths) < 3:
-        problems.append(f"--widths {' '.join(map(str, args.widths))}: the learner needs a hidden layer (the "
-                        "magnitude of an update is matched on the hidden layers)")
-    return problems[0] if problems else None
-
-
 def flags(parser) -> None:
     import rules as registry
 
@@ -210,8 +190,7 @@ STUDY = Study("dose_response", "Dose-response of the fixed rules", __doc__, defa
               check=check_grid_args, experiment=experiment, plan=plan, compare=False, sections=sections)
 
 
-def main(argv: list[str] | None = None) -> int:
-    return run(STUDY, argv)
+main = STUDY.main  # python -m studies.<name>, or main([...flags]) from Python
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from studies.lib import analysis, report, stats, tuning
 from studies.lib.analysis import Hypothesis
 from studies.lib.arms import Arm, control_arm, rule_arm
 from studies.lib.figures import plot_difference_curves
-from studies.lib.protocol import Outcome, Sections, Setup, Study, run
+from studies.lib.protocol import Outcome, Sections, Setup, Study
 from studies.lib.verdicts import Verdict
 
 LATE_EPOCH = 0.5  # H-late: the benefit should appear at or after this many epochs
@@ -135,8 +135,7 @@ STUDY = Study("epochs", "HAT against backprop along training", __doc__, arms, hy
               sections=sections)
 
 
-def main(argv: list[str] | None = None) -> int:
-    return run(STUDY, argv)
+main = STUDY.main  # python -m studies.<name>, or main([...flags]) from Python
 
 
 if __name__ == "__main__":

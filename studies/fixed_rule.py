@@ -26,7 +26,7 @@ import sys
 
 from studies.lib.analysis import Hypothesis
 from studies.lib.arms import Arm, control_arm, rule_arm
-from studies.lib.protocol import Sections, Setup, Study, run
+from studies.lib.protocol import Sections, Setup, Study
 from studies.lib.tuning import Param
 
 EARLY_EPOCH = 0.5  # the "early" snapshot
@@ -85,8 +85,7 @@ STUDY = Study("fixed_rule", "Fixed rules applied to fresh learners", __doc__, ar
               sections=sections)
 
 
-def main(argv: list[str] | None = None) -> int:
-    return run(STUDY, argv)
+main = STUDY.main  # python -m studies.<name>, or main([...flags]) from Python
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from studies.lib import analysis, report, stats, tuning
 from studies.lib.analysis import Hypothesis
 from studies.lib.arms import Arm, rule_arm
 from studies.lib.figures import plot_theta
-from studies.lib.protocol import Outcome, Sections, Setup, Study, run
+from studies.lib.protocol import Outcome, Sections, Setup, Study
 from studies.lib.verdicts import Verdict
 
 THETAS = (0.05, 0.1, 0.2, 0.5, 1.0)
@@ -109,8 +109,7 @@ STUDY = Study("labels", "Accuracy against the label fraction", __doc__, arms, hy
               sections=sections)
 
 
-def main(argv: list[str] | None = None) -> int:
-    return run(STUDY, argv)
+main = STUDY.main  # python -m studies.<name>, or main([...flags]) from Python
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ from studies.lib import analysis, stats
 from studies.lib.analysis import Hypothesis
 from studies.lib.arms import Arm, control_arm, rule_arm
 from studies.lib.phases import once
-from studies.lib.protocol import Outcome, Sections, Setup, Study, run
+from studies.lib.protocol import Outcome, Sections, Setup, Study
 from studies.lib.rule_analysis import fit_linear
 from studies.lib.rule_inputs import SAMPLES, SEED, rule_outputs, sample_rule_inputs
 from studies.lib.verdicts import Verdict
@@ -68,10 +68,11 @@ def phase1(s: Setup) -> tuple[float, ...]:
 def prepare(s: Setup) -> dict:
     """The linear fit of the mean rule, computed once (a unit of its own: concurrent workers agree on one c)."""
     import rules
+    from hat.snapshots import rule_from_snapshot
 
     def linear_fit():
         inputs = sample_rule_inputs(s.ctx.base, s.ctx.data, FIT_SAMPLES, FIT_SEED)
-        y = rule_outputs(rules.get("mean", paths=s.meta.finals()), inputs)
+        y = rule_outputs(rules.build("mean", {"paths": s.meta.finals()}, loader=rule_from_snapshot), inputs)
         return {**fit_linear(inputs["post"].double().numpy(), y), "n": len(y), "y_mean": float(np.mean(y)),
                 "y_sd": float(np.std(y))}
 
@@ -176,8 +177,7 @@ STUDY = Study("mean_rule", "Each meta-learner against their pointwise mean", __d
               phase1=phase1, defaults=DEFAULTS, flags=flags, prepare=prepare, derive=derive, sections=sections)
 
 
-def main(argv: list[str] | None = None) -> int:
-    return run(STUDY, argv)
+main = STUDY.main  # python -m studies.<name>, or main([...flags]) from Python
 
 
 if __name__ == "__main__":

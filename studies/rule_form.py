@@ -35,7 +35,7 @@ from studies.lib import rule_analysis as ra
 from studies.lib import rule_shape as rs
 from studies.lib.figures import plot_heatmap, plot_partial_dependence, plot_r2
 from studies.lib.phases import PHASE1_SEED_BASE, train_meta_learners
-from studies.lib.protocol import Outcome, Sections, Setup, Study, run
+from studies.lib.protocol import Outcome, Sections, Setup, Study
 from studies.lib.rule_inputs import POOL_SEED, add_sample_args, load_sample, train_and_record
 from studies.lib.verdicts import Verdict
 
@@ -68,7 +68,7 @@ def experiment(s: Setup, bar) -> Outcome:
 
 
 def sections(s: Setup, o: Outcome) -> Sections:
-    from rules.snapshot import rule_from_snapshot
+    from hat.snapshots import rule_from_snapshot
 
     ctx = s.ctx
     ok = {k: r for k, r in o.extra["done"].items() if r["status"] == "ok" and r.get("inputs")}
@@ -143,8 +143,7 @@ STUDY = Study("rule_form", "What the meta-learned rule computes", __doc__, defau
               experiment=experiment, plan=lambda s: s.ctx.scale.hat_runs, compare=False, sections=sections)
 
 
-def main(argv: list[str] | None = None) -> int:
-    return run(STUDY, argv)
+main = STUDY.main  # python -m studies.<name>, or main([...flags]) from Python
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ from studies.lib.analysis import Hypothesis
 from studies.lib.arms import Arm, control_arm, rule_arm
 from studies.lib.figures import plot_league
 from studies.lib.league import REFERENCE, coefficient_section, rank_bootstrap, ranked_rows
-from studies.lib.protocol import Outcome, Sections, Setup, Study, run
+from studies.lib.protocol import Outcome, Sections, Setup, Study
 from studies.lib.verdicts import Verdict
 
 META = ("mlp", "abcd", "terms")  # trainable rules, meta-learned alongside the learner
@@ -158,8 +158,7 @@ STUDY = Study("rule_league", "A league of rule families", __doc__, arms, league_
               flags=flags, sections=sections)
 
 
-def main(argv: list[str] | None = None) -> int:
-    return run(STUDY, argv)
+main = STUDY.main  # python -m studies.<name>, or main([...flags]) from Python
 
 
 if __name__ == "__main__":

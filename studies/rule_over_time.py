@@ -41,7 +41,7 @@ from studies.lib import analysis, report, stats
 from studies.lib.analysis import Hypothesis
 from studies.lib.arms import Arm, control_arm, rule_arm
 from studies.lib.figures import plot_benefit
-from studies.lib.protocol import Outcome, Sections, Setup, Study, run
+from studies.lib.protocol import Outcome, Sections, Setup, Study
 from studies.lib.rule_inputs import run_length
 from studies.lib.rule_time import TIMES, benefits, best_snapshot, distance_section, merge_same_step, snapshot_times
 from studies.lib.verdicts import Verdict
@@ -193,8 +193,7 @@ STUDY = Study("rule_over_time", "The meta-learned rule over time", __doc__, arms
               sections=sections)
 
 
-def main(argv: list[str] | None = None) -> int:
-    return run(STUDY, argv)
+main = STUDY.main  # python -m studies.<name>, or main([...flags]) from Python
 
 
 if __name__ == "__main__":

@@ -53,12 +53,12 @@ from studies.lib.problems import (
     PERM_SEED,
     PROBLEMS,
     distance_analysis,
-    distance_key,
     distance_table,
+    distance_verdicts,
+    transfer_rows,
 )
-from studies.lib.protocol import Outcome, Sections, Setup, Study, run
+from studies.lib.protocol import Outcome, Sections, Setup, Study
 from studies.lib.rule_inputs import add_sample_args, load_sample, train_and_record
-from studies.lib.verdicts import Verdict
 
 SEED_BASE = 40_000  # phase-1 seeds: SEED_BASE + 1000 * (index of the problem in PROBLEMS) + k
 DISTANCE_P = 1.0  # functional distance: mean |R_A - R_B|^p
@@ -125,7 +125,7 @@ def experiment(s: Setup, bar) -> Outcome:
 
 
 def sections(s: Setup, o: Outcome) -> Sections:
-    from rules.snapshot import rule_from_snapshot
+    from hat.snapshots import rule_from_snapshot
 
     ctx, sc, ps, runs, sources = s.ctx, s.ctx.scale, problems(s), o.extra["runs"], o.extra["sources"]
     members = [(p, r) for p in ps for r in runs[p]]  # distances between every pair of meta-learners
@@ -136,23 +136,8 @@ def sections(s: Setup, o: Outcome) -> Sections:
     drows = distance_analysis(D, labels, ps, sc.n_boot)
     fig = plot_distance_matrix(D, [f"{p}:{r['seed']}" for p, r in members], ctx.out / "distance_matrix.png",
                                f"{ctx.name}: distances between meta-learned rules")
-    between = {(r["a"], r["b"]): r["between"].mean() for r in drows}
-    within = {p: ra.between_within(D, labels, p, p)["within_a"] for p in ps}
-    xfer = []
-    for h, c in zip(o.hypotheses, o.comps):
-        a, b = h.arm.split("@")
-        dist = within[a].mean() if a == b and len(within[a]) else between.get((a, b), between.get((b, a), float("nan")))
-        xfer.append({"source problem": a, "target problem": b, "Δ test acc vs control": c.mean_diff,
-                     "95% CI": f"[{c.ci_lo:+.2f}, {c.ci_hi:+.2f}]", "rule distance (source, target)": dist,
-                     "verdict": c.verdict})
-    verdicts = [Verdict(distance_key(r["a"], r["b"]), r["verdict"], f"rules meta-learned on {r['a']} and on {r['b']} "
-                        "are farther apart than rules meta-learned on one problem from different seeds",
-                        f"between {r['between'].mean():.3g} vs within "
-                        f"{report.fmt(float(r['within'].mean()) if len(r['within']) else float('nan'), '.3g')}; "
-                        f"permutation p = {report.fmt(r['p_greater'], '.3g')}, Holm p = {report.fmt(r['p_holm'], '.3g')}, "
-                        f"smallest attainable p = {report.fmt(r['p_min'], '.3g')}; rule: supported if Holm p < "
-                        f"{stats.ALPHA} for between > within, refuted if Holm p < {stats.ALPHA} for between < within, "
-                        "otherwise inconclusive") for r in drows]
+    xfer = transfer_rows(o.hypotheses, o.comps, D, labels, drows, ps)
+    verdicts = distance_verdicts(drows)
     return Sections(before=[
         "## Problems", "",
         f"Problems: {', '.join(ps)}; targets: {', '.join(targets(s))}. `perm`: pixel permutation seed {PERM_SEED}. "
@@ -199,8 +184,7 @@ STUDY = Study("transfer", "Problem similarity through meta-learned rules, and tr
               sections=sections)
 
 
-def main(argv: list[str] | None = None) -> int:
-    return run(STUDY, argv)
+main = STUDY.main  # python -m studies.<name>, or main([...flags]) from Python
 
 
 if __name__ == "__main__":

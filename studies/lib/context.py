@@ -98,7 +98,7 @@ class Context:
         """A local path of the `index`-th snapshot of a unit's result: the file its worker wrote, where this machine
         has it, else a copy fetched from MLflow (the run's `snapshots/` artifacts) into `<out>/snapshots/` (a worker
         on another machine, or with an empty --out, shares nothing but the two servers)."""
-        from rules.snapshot import SnapshotError, fetch_snapshot
+        from hat.snapshots import SnapshotError, fetch_snapshot
 
         path = Path(result["snapshots"][index])
         if path.is_file() and path.with_suffix(".json").is_file():
@@ -217,7 +217,7 @@ def snapshots_from_dir(folder: str | Path, check: bool = False) -> dict[int, dic
     """Snapshots saved by an earlier run: {seed: {epoch: path}}. check: load every one (format, shapes, hash).
 
     A folder without snapshots, or a broken one, raises SnapshotError (one line; bad input)."""
-    from rules.snapshot import SnapshotError, load_snapshot
+    from hat.snapshots import SnapshotError, load_snapshot
 
     folder = Path(folder)
     files = sorted(folder.glob("*.json")) if folder.is_dir() else []

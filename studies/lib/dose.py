@@ -191,10 +191,40 @@ def magnitude_table(results: dict, rules_: list[str], seeds: list[int], rho_ref:
 
     return stats.format_table([{"rule": r, f"ρ_R at r_ref = {ref:g}": report.fmt(rho_ref[r], ".4g"),
                                      "matched rate": report.fmt(matched[r], ".4g"),
-                                     "ρ_R at the matched rate (target ρ_M)": report.fmt(mean_defined(
-                                         results[(arm_name(r, "matched"), s)]["rel_norm"] for s in seeds
-                                         if (arm_name(r, "matched"), s) in results
-                                         and results[(arm_name(r, "matched"), s)]["status"] == "ok"), ".4g"),
+                                     "ρ_R at the matched rate (target ρ_M)": report.fmt(rho_at(results, r, "matched",
+                                                                                               seeds), ".4g"),
                                      "best grid rate (val)": "—" if best[r] is None else f"{best[r]:g}",
                                      "all seeds diverged from": "—" if stopped[r] is None else f"{stopped[r]:g}"}
                                     for r in rules_])
+
+
+def rho_at(results: dict, rule: str, rate, seeds: list[int]) -> float:
+    """Mean ρ of `rule`'s finished runs at `rate` (a grid rate or "matched"); NaN if none."""
+    a = arm_name(rule, rate)
+    return mean_defined(results[(a, s)]["rel_norm"] for s in seeds if (a, s) in results and results[(a, s)]["status"] == "ok")
+
+
+def no_help_lines(hyps: list, comps: list) -> list[str]:
+    """Per exploratory claim: whether "the rule at that rate does not help" holds (its effect claim refuted or
+    negligible)."""
+    return [f"- {h.key}: the claim \"{h.arm.split('@')[0]} at "
+            f"{'the matched magnitude' if h.key.startswith('X-matched') else 'its best rate'} does not help\" "
+            f"{'HOLDS' if stats.shown_below_margin(c.verdict) else 'is NOT SHOWN'} (effect claim: {c.verdict})"
+            for h, c in zip(hyps, comps) if h.key.startswith("X-")]
+
+
+def check_grid_args(args) -> str | None:
+    """What is wrong with the grid flags, or a learner without a hidden layer (None: nothing)."""
+    problems = []
+    if not (math.isfinite(args.rate_min) and args.rate_min > 0):
+        problems.append(f"--rate-min {args.rate_min:g}: expected a finite rate > 0 (rate 0 is the control)")
+    if not (math.isfinite(args.rate_max) and args.rate_max >= args.rate_min):
+        problems.append(f"--rate-max {args.rate_max:g}: expected a finite rate >= --rate-min {args.rate_min:g}")
+    if args.per_decade < 1:
+        problems.append(f"--per-decade {args.per_decade}: expected a positive integer")
+    if not (math.isfinite(args.ref_rate) and args.ref_rate > 0):
+        problems.append(f"--ref-rate {args.ref_rate:g}: expected a finite rate > 0")
+    if args.widths is not None and len(args.widths) < 3:
+        problems.append(f"--widths {' '.join(map(str, args.widths))}: the learner needs a hidden layer (the "
+                        "magnitude of an update is matched on the hidden layers)")
+    return problems[0] if problems else None

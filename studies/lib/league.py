@@ -79,6 +79,7 @@ def fit_mean_m(ctx, results: dict, seeds: list[int]) -> dict | None:
     {"mean": {term: coef} (fit of the pointwise mean of the M_i), "each": (n, T) fits of each M_i, "terms":
     names, "r2": R² of the mean's fit}, "n": M_i used}; None if the mlp arm has no finished run."""
     import rules
+    from hat.snapshots import rule_from_snapshot
     from rules.terms import LIBRARY
 
     paths = [ctx.snapshot(results[(REFERENCE, s)]) for s in seeds
@@ -88,7 +89,7 @@ def fit_mean_m(ctx, results: dict, seeds: list[int]) -> dict | None:
         return None
     inputs = sample_rule_inputs(ctx.base, ctx.data, FIT_SAMPLES, FIT_SEED)
     X = np.stack([inputs[k].double().numpy() for k in ("pre", "w", "post")], 1)  # (N, 3)
-    ys = np.stack([rule_outputs(rules.get("snapshot", path=p), inputs) for p in paths])  # (M, N)
+    ys = np.stack([rule_outputs(rules.build("snapshot", {"path": p}, loader=rule_from_snapshot), inputs) for p in paths])  # (M, N)
     out = {"n": len(paths)}
     for fam, lib in (("abcd", ABCD_EXPS), ("terms", LIBRARY)):
         exps = list(lib.values())

@@ -95,3 +95,35 @@ def distance_table(rows: list[dict], D: np.ndarray, labels: list[str], problems:
     return stats.format_table(out)
 
 
+
+
+def distance_verdicts(rows: list[dict]) -> list:
+    """One `Verdict` D-<A>-vs-<B> per pair of problems of `distance_analysis`."""
+    from studies.lib import report
+    from studies.lib.verdicts import Verdict
+
+    return [Verdict(distance_key(r["a"], r["b"]), r["verdict"], f"rules meta-learned on {r['a']} and on {r['b']} "
+                    "are farther apart than rules meta-learned on one problem from different seeds",
+                    f"between {r['between'].mean():.3g} vs within "
+                    f"{report.fmt(float(r['within'].mean()) if len(r['within']) else float('nan'), '.3g')}; "
+                    f"permutation p = {report.fmt(r['p_greater'], '.3g')}, Holm p = {report.fmt(r['p_holm'], '.3g')}, "
+                    f"smallest attainable p = {report.fmt(r['p_min'], '.3g')}; rule: supported if Holm p < "
+                    f"{stats.ALPHA} for between > within, refuted if Holm p < {stats.ALPHA} for between < within, "
+                    "otherwise inconclusive") for r in rows]
+
+
+def transfer_rows(hypotheses: list, comps: list, D: np.ndarray, labels: list[str], rows: list[dict],
+                  problems: list[str]) -> list[dict]:
+    """Per transfer hypothesis (arm `<source>@<target>`): its paired difference next to the distance between the
+    two problems' rules (for source = target: between that problem's rules from different seeds)."""
+    between = {(r["a"], r["b"]): r["between"].mean() for r in rows}
+    within = {p: ra.between_within(D, labels, p, p)["within_a"] for p in problems}
+    xfer = []
+    for h, c in zip(hypotheses, comps):
+        a, b = h.arm.split("@")
+        dist = within[a].mean() if a == b and len(within[a]) else between.get((a, b), between.get((b, a), float("nan")))
+        xfer.append({"source problem": a, "target problem": b, "Δ test acc vs control": c.mean_diff,
+                     "95% CI": f"[{c.ci_lo:+.2f}, {c.ci_hi:+.2f}]", "rule distance (source, target)": dist,
+                     "verdict": c.verdict})
+    return xfer
+

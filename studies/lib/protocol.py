@@ -125,6 +125,10 @@ class Study:
     compare: bool = True  # False: no standard comparison body (the study's sections say everything)
     legend: dict[str, str] = field(default_factory=dict)  # its own report columns
 
+    def main(self, argv: list[str] | None = None) -> int:
+        """The study's entry point: `run(self, argv)`."""
+        return run(self, argv)
+
 
 def parser(study: Study) -> argparse.ArgumentParser:
     """The study's command line: the shared flags, `--snapshots` when it has a phase 1, and its own."""

@@ -180,8 +180,8 @@ def train_and_record(ctx: Context, cfg, tags: dict, run_name: str, samples: int)
     forward pass is then replayed with the rule as it was at that time. The .npz holds, per local
     layer l, `layer{l}` (n, 3) triples (v_i, w_ij, v_j) and `epoch{l}` (n,).
     """
+    from hat.snapshots import rule_from_snapshot
     from hat.trainer import Learner
-    from rules.snapshot import rule_from_snapshot
 
     states: list[tuple[float, dict, dict]] = []
 

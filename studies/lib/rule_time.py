@@ -63,11 +63,12 @@ def functional_distance(rule_a, rule_b, inputs: dict) -> float:
 def distances_over_time(snaps: dict[int, dict[float, str]], inputs: dict) -> dict[int, dict[str, np.ndarray]]:
     """Per run: times t_k, mean |R| at t_k, distance(t_{k-1}, t_k) (NaN at k = 0) and distance(t_k, final)."""
     import rules
+    from hat.snapshots import rule_from_snapshot
 
     out = {}
     for seed, by_t in sorted(snaps.items()):
         ts = sorted(by_t)
-        outs = [rule_outputs(rules.get("snapshot", path=by_t[t]), inputs) for t in ts]
+        outs = [rule_outputs(rules.build("snapshot", {"path": by_t[t]}, loader=rule_from_snapshot), inputs) for t in ts]
         step = [float("nan")] + [float(np.mean(np.abs(a - b))) for a, b in zip(outs, outs[1:])]
         out[seed] = {"t": np.array(ts), "scale": np.array([np.mean(np.abs(o)) for o in outs]),
                      "consecutive": np.array(step), "to_final": np.array([np.mean(np.abs(o - outs[-1])) for o in outs])}
