@@ -60,7 +60,7 @@ def run_cost(cfg) -> float:
 def plan(base, scale, arms: list, hat_runs: int = 0) -> list[float]:
     """Expected cost of every training run of a standard study, in the order one worker runs them.
 
-    base: the study's TrainConfig; arms: `studies.lib.common.Arm`s (preset values stand in for the tuned ones);
+    base: the study's TrainConfig; arms: `studies.lib.arms.Arm`s (preset values stand in for the tuned ones);
     hat_runs: phase-1 runs with a trainable meta-learner (0 when snapshots are reused)."""
     from studies.lib.tuning import tuned_first
 

@@ -316,7 +316,7 @@ def reclaim_dead(study, storage, locked: bool = False) -> list:
     return failed
 
 
-_TRACKING_URI: list[str | None] = [None]  # the tracking URI of this process's study (set by studies.lib.common)
+_TRACKING_URI: list[str | None] = [None]  # the tracking URI of this process's study (set by studies.lib.cli.make_context)
 
 
 def set_tracking_uri(uri: str | None) -> None:
