@@ -13,9 +13,6 @@ from rules import register
 from rules.base import Loader, require_loader
 from rules.mlp import MLPRule, example_loader
 
-MOVED = ("FORMAT", "ARCH_KEYS", "SnapshotError", "tensors_sha256", "save_snapshot", "fetch_snapshot", "load_snapshot",
-         "rule_from_snapshot")  # the snapshot file format, now in hat.snapshots
-
 
 @register("snapshot")
 class Snapshot(MLPRule):
@@ -41,15 +38,3 @@ class Snapshot(MLPRule):
         return {"rule": self.name, "path": self.path, "inputs": ",".join(self.inputs),
                 "hidden": self.hidden, "act": self.act}
 
-
-def __getattr__(name: str):
-    """TEMPORARY alias of the names that moved to `hat.snapshots` (studies written before the move import them from
-    here), with a DeprecationWarning; to be removed once none does."""
-    if name not in MOVED:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import warnings
-
-    import hat.snapshots
-
-    warnings.warn(f"rules.snapshot.{name} moved to hat.snapshots.{name}", DeprecationWarning, stacklevel=2)
-    return getattr(hat.snapshots, name)

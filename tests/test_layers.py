@@ -15,8 +15,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-# TEMPORARY shims, until the studies use hat.snapshots and pass a loader (each imports hat.snapshots when called)
-SHIMS = {("rules/base.py", "require_loader"), ("rules/snapshot.py", "__getattr__")}
+# TEMPORARY shim, until every caller passes a loader (it imports hat.snapshots when called without one)
+SHIMS = {("rules/base.py", "require_loader")}
 
 
 def _imports(path: Path):
