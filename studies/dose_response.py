@@ -45,7 +45,7 @@ import math
 import sys
 
 from studies.lib import analysis, report, tuning
-from studies.lib.arms import Arm
+from studies.lib.arms import Arm, study_params
 from studies.lib.dose import (
     best_rate,
     check_grid_args,
@@ -69,8 +69,6 @@ from studies.lib.figures import plot_dose
 from studies.lib.phases import PHASE1_SEED_BASE, result_dict, train_meta_learners
 from studies.lib.protocol import Outcome, Sections, Setup, Study
 
-FIXED_RULES = ("hebb", "oja", "gha", "converged", "bcm", "krotov", "noise")  # those in the registry are swept
-RULE_PARAMS = {"converged": {"c": 2.0}, "noise": {"rms": 1.0}}  # noise: rate = per-entry RMS of the update
 RATE_MIN, RATE_MAX, PER_DECADE = 1e-5, 1.0, 1  # the log grid (flags)
 REF_RATE = 1e-4  # reference rate of the magnitude conversion (--ref-rate)
 DEFAULTS = {"snapshot_epochs": ()}
@@ -106,13 +104,13 @@ def experiment(s: Setup, bar) -> Outcome:
     p1 = list(train_meta_learners(ctx, (), bar, params=shared, train=norm_train).values())
     rho_m = mean_defined(r["rel_norm"] for r in p1 if r["status"] == "ok")
     results = run_arms(ctx, [control], shared, seeds, hidden, "replicate", bar=bar)
-    grid_results, stopped = sweep(ctx, rules_, RULE_PARAMS, rates, shared, seeds, hidden, s.args.full_grid,
+    grid_results, stopped = sweep(ctx, rules_, {r: study_params(r) for r in rules_}, rates, shared, seeds, hidden, s.args.full_grid,
                                   {"converged": {float(f"{ctx.base.rate:.6g}")}}, bar)
     results.update(grid_results)
     ref = float(f"{s.args.ref_rate:.6g}")
     rho_ref = {r: rho_at(results, r, ref, seeds) for r in rules_}
     matched = {r: matched_rate(rho_m, rho_ref[r], ref) for r in rules_}
-    arms = [rate_arm(r, "matched", matched[r], RULE_PARAMS.get(r, {}), f"X-matched-{r}")
+    arms = [rate_arm(r, "matched", matched[r], study_params(r), f"X-matched-{r}")
             for r in rules_ if math.isfinite(matched[r])]
     if arms:
         results.update(run_arms(ctx, arms, shared, seeds, hidden, "matched", bar=bar))
@@ -174,9 +172,10 @@ def sections(s: Setup, o: Outcome) -> Sections:
 def flags(parser) -> None:
     import rules as registry
 
-    available = [r for r in FIXED_RULES if r in registry.available()]
-    parser.add_argument("--sweep-rules", nargs="+", default=available, choices=available,
-                        help="fixed rules to sweep (default: every one in the registry)")
+    fixed = registry.names(kind="fixed")
+    parser.add_argument("--sweep-rules", nargs="+", default=fixed, choices=fixed,
+                        help="fixed rules to sweep (default: every fixed rule in the registry, each with its study "
+                        "parameters, `Rule.study_params`)")
     parser.add_argument("--rate-min", type=float, default=RATE_MIN, help=f"smallest positive rate (default {RATE_MIN:g})")
     parser.add_argument("--rate-max", type=float, default=RATE_MAX, help=f"largest rate (default {RATE_MAX:g})")
     parser.add_argument("--per-decade", type=int, default=PER_DECADE, help=f"grid points per decade (default {PER_DECADE})")

@@ -25,9 +25,8 @@ from __future__ import annotations
 import sys
 
 from studies.lib.analysis import Hypothesis
-from studies.lib.arms import Arm, control_arm, rule_arm
+from studies.lib.arms import Arm, control_arm, rule_arm, rule_space
 from studies.lib.protocol import Sections, Setup, Study
-from studies.lib.tuning import Param
 
 EARLY_EPOCH = 0.5  # the "early" snapshot
 
@@ -46,11 +45,10 @@ def pick(s: Setup) -> tuple[list[str], str, str]:
 
 def arms(s: Setup) -> list[Arm]:
     finals, final, early = pick(s)
-    c_space = {"rule_params.c": Param("float", -4.0, 4.0)}
     return [
         control_arm(),
         rule_arm("converged", "converged", {"c": 2.0}, hypothesis="H-converged"),
-        rule_arm("converged_c", "converged", {"c": 2.0}, c_space),
+        rule_arm("converged_c", "converged", {"c": 2.0}, rule_space("converged")),
         rule_arm("hebb", "hebb"),
         rule_arm("oja", "oja"),
         rule_arm("gha", "gha"),

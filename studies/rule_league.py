@@ -50,16 +50,20 @@ from studies.lib.league import REFERENCE, coefficient_section, rank_bootstrap, r
 from studies.lib.protocol import Outcome, Sections, Setup, Study
 from studies.lib.verdicts import Verdict
 
-META = ("mlp", "abcd", "terms")  # trainable rules, meta-learned alongside the learner
-FIXED = ("bcm", "krotov")  # fixed rules, rate tuned
-FAMILIES = META + FIXED
-KIND = {"control": "control", **{f: "meta-learned" for f in META}, **{f: "fixed" for f in FIXED}}
+FAMILIES = ("mlp", "abcd", "terms", "bcm", "krotov")  # the default league; --families takes any meta-learned or fixed rule
 RANK_SEED = 0  # bootstrap of the ranks
 DEFAULTS = {"snapshot_epochs": ()}  # only the meta-learned arms save their rule (at the end, see arms)
 
 
 def families(s: Setup) -> list[str]:
     return list(dict.fromkeys(s.args.families))
+
+
+def kinds(s: Setup) -> dict[str, str]:
+    """Each arm's kind, from the registry (`Rule.kind`): control, meta-learned or fixed."""
+    import rules
+
+    return {"control": "control", **{f: rules.rule_class(f).kind for f in families(s)}}
 
 
 def arms(s: Setup) -> list[Arm]:
@@ -69,18 +73,18 @@ def arms(s: Setup) -> list[Arm]:
     out = [control_arm()]
     for f in families(s):
         hyp = "reference" if f == REFERENCE else f"H-match-{f}"
-        if f in META:
+        if kinds(s)[f] == "meta-learned":
             out.append(rule_arm(f, f, extra_space=dict(tuning.RULE_LR_SPACE), hypothesis=hyp, trainable_rule=True,
                                 snapshot_epochs=(float(s.ctx.base.epochs),)))
         else:
             out.append(rule_arm(f, f, hypothesis=hyp))
     for arm in out:
-        arm.tags = {"family": arm.name, "kind": KIND[arm.name]}
+        arm.tags = {"family": arm.name, "kind": kinds(s)[arm.name]}
     return out
 
 
 def league_family(s: Setup) -> list[Hypothesis]:
-    return [Hypothesis(f"L-{f}", f"{f} ({KIND[f]}) helps: higher test accuracy than the control", f, "greater")
+    return [Hypothesis(f"L-{f}", f"{f} ({kinds(s)[f]}) helps: higher test accuracy than the control", f, "greater")
             for f in families(s)]
 
 
@@ -118,7 +122,7 @@ def match_section(s: Setup, o: Outcome) -> list:
             continue
         h, c = by_key[f"H-match-{f}>{REFERENCE}"]
         g, le = c.verdict, by_key[f"H-match-{f}<{REFERENCE}"][1].verdict
-        eq.append(Verdict(f"H-match-{f}", match_verdict(g, le), f"{f} ({KIND[f]}) matches the trainable M within "
+        eq.append(Verdict(f"H-match-{f}", match_verdict(g, le), f"{f} ({kinds(s)[f]}) matches the trainable M within "
                           f"±{c.margin:g} points", f"{h.metric}: Δ = {c.mean_diff:+.2f} points ({f} − {REFERENCE}), "
                           f"95% CI [{c.ci_lo:+.2f}, {c.ci_hi:+.2f}]; {f} > M: {g}, {f} < M: {le}",
                           metric=h.metric, diff=c.mean_diff, ci=(c.ci_lo, c.ci_hi)))
@@ -134,7 +138,7 @@ def sections(s: Setup, o: Outcome) -> Sections:
     ctx, sc = s.ctx, s.ctx.scale
     acc = analysis.accuracy_matrix(o.results, [a.name for a in o.arms], s.seeds)
     rank_p = rank_bootstrap(acc, sc.n_boot, RANK_SEED)
-    rows = ranked_rows(acc, o.comps, o.hypotheses, rank_p, KIND)
+    rows = ranked_rows(acc, o.comps, o.hypotheses, rank_p, kinds(s))
     fig = plot_league(rows, o.comps, o.hypotheses, rank_p, ctx.out / "league.png",
                       f"{ctx.name}: rule families against the control")
     table = stats.format_table(rows)
@@ -149,9 +153,12 @@ def sections(s: Setup, o: Outcome) -> Sections:
 
 
 def flags(parser) -> None:
-    parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES),
-                        help=f"rule families in the league (default: all; {REFERENCE} is the reference of the match "
-                        "hypotheses)")
+    import rules
+
+    choices = rules.names(kind="meta-learned") + rules.names(kind="fixed")
+    parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=choices,
+                        help=f"rule families in the league (default: {' '.join(FAMILIES)}; any meta-learned or fixed "
+                        f"rule of the registry; {REFERENCE} is the reference of the match hypotheses)")
 
 
 STUDY = Study("rule_league", "A league of rule families", __doc__, arms, league_family, defaults=DEFAULTS,

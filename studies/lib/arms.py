@@ -43,3 +43,24 @@ def rule_arm(name: str, rule: str, rule_params: dict | None = None, extra_space:
     space = {**RATE_SPACE, **(extra_space or {})}
     return Arm(name, {"rule": rule, "rule_params": dict(rule_params or {}), **overrides}, space, hypothesis,
                control=control)
+
+
+def rule_space(rule: str) -> dict[str, Param]:
+    """The rule's own tunable parameters (`Rule.tunable` in the registry) as a search space: {"rule_params.<name>":
+    Param}."""
+    import rules
+
+    out = {}
+    for name, spec in rules.rule_class(rule).tunable.items():
+        if spec[0] == "categorical":
+            out[f"rule_params.{name}"] = Param("categorical", choices=tuple(spec[1]))
+        else:
+            out[f"rule_params.{name}"] = Param(spec[0], spec[1], spec[2], *spec[3:4])
+    return out
+
+
+def study_params(rule: str) -> dict:
+    """The rule parameters a study gives `rule` unless it says otherwise (`Rule.study_params` in the registry)."""
+    import rules
+
+    return dict(rules.rule_class(rule).study_params)
