@@ -79,6 +79,16 @@ def toy_data():
     return make_toy_data()
 
 
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test (restored afterwards): on a shared 2-core machine, two threads per tiny op
+    cost several times more."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # ---------------------------------------------------------------- servers: PostgreSQL and an MLflow tracking server
 
 

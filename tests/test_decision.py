@@ -293,26 +293,3 @@ def test_arm_table_counts_diverged_runs_in_the_mean():
     half = sps.t.ppf(0.975, 3) * x.std(ddof=1) / 2.0
     lo, hi = (float(v) for v in re.findall(r"-?\d+\.\d+", rows["hebb"][header.index("95% CI")]))
     assert lo == pytest.approx(64.0 - half, abs=0.006) and hi == pytest.approx(64.0 + half, abs=0.006)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# claims of "no effect" need evidence below the margin (labels' H-needs-20)
-# --------------------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("low, high, want", [
-    (["refuted", "negligible"], ["supported"], "supported"),
-    (["refuted", "inconclusive"], ["supported"], "inconclusive"),  # absence of support at 0.2 is not evidence
-    (["inconclusive"], ["supported", "supported"], "inconclusive"),
-    (["refuted"], ["inconclusive"], "inconclusive"),
-    (["supported", "refuted"], ["supported"], "refuted"),
-    ([], ["supported"], "inconclusive"),  # no theta <= 0.2 was run
-])
-def test_needs_verdict_requires_equivalence_below_threshold(low, high, want):
-    from types import SimpleNamespace
-
-    from studies.labels import THRESHOLD, needs_verdict
-
-    thetas = [THRESHOLD / (k + 1) for k in range(len(low))] + [THRESHOLD + 0.1 * (k + 1) for k in range(len(high))]
-    comps = [SimpleNamespace(verdict=v) for v in low + high]
-    assert needs_verdict(thetas, comps) == want

@@ -1,6 +1,7 @@
 """studies.dose_response end to end at toy scale: the dose table and the Holm family recomputed from results.csv
 with scipy and statsmodels, the best rate from the validation accuracies, the relative update norms and the matched
-rate from the MLflow metrics, the figure, the tags."""
+rate from the MLflow metrics, the figure, the tags (the grid, the conversion and the sweep of `studies.lib.dose` are
+tested in test_dose.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,19 @@ import math
 
 import numpy as np
 import pytest
+from helpers import (
+    FAILURE,
+    MARGIN,
+    ci,
+    family_stats,
+    help_text,
+    needs_data,
+    num,
+    read_results,
+    stores,
+    table_after,
+)
 from scipy import stats as sps
-from test_rule_league import FAILURE, MARGIN, ci, family_stats, needs_data, num, read_results, stores, table_after
 
 from studies.lib.report import unexplained_columns
 
@@ -21,18 +33,12 @@ REF_RATE = 1e-2
 GRID = (1e-3, 1e-2, 1e-1, 1.0)  # --rate-min 1e-2 --rate-max 1 --per-decade 1, plus the preset rate
 
 
-def test_rate_grid_and_conversion():
-    from studies.dose_response import arm_name, matched_rate, rate_grid, relative_norm
-
-    assert rate_grid(1e-5, 1e-1, 1) == [1e-5, 1e-4, 1e-3, 1e-2, 1e-1]
-    assert rate_grid(1e-2, 1.0, 2, [1e-3, 1e-2]) == pytest.approx([1e-3, 1e-2, 10**-1.5, 1e-1, 10**-0.5, 1.0])
-    assert arm_name("hebb", 1e-4) == "hebb@0.0001" and arm_name("hebb", "matched") == "hebb@matched"
-    assert matched_rate(0.5, 0.1, 1e-4) == pytest.approx(5e-4)
-    assert math.isnan(matched_rate(0.5, float("nan"), 1e-4)) and math.isnan(matched_rate(0.5, 0.0, 1e-4))
-    curve = [{"step": 0}, {"local_norm_0": 1.0, "grad_update_norm_0": 4.0, "local_norm_1": 9.0, "grad_update_norm_1": 1.0},
-             {"local_norm_0": 3.0, "grad_update_norm_0": 4.0, "local_norm_1": 9.0, "grad_update_norm_1": 1.0}]
-    assert relative_norm(curve, 1) == pytest.approx(0.5)  # hidden layer only: mean 2 / mean 4
-    assert math.isnan(relative_norm([{"step": 0}], 1))
+def test_help(capsys):
+    text = help_text("dose_response", capsys)
+    assert "python -m studies.dose_response" in text and "Run:" in text and "Hypotheses" in text
+    for flag in ("--preset", "--storage", "--no-progress", "--sweep-rules", "--rate-min", "--rate-max",
+                 "--per-decade", "--ref-rate", "--full-grid", "--hat-runs"):
+        assert flag in text, flag
 
 
 @needs_data
@@ -171,25 +177,3 @@ def test_dose_response_smoke_end_to_end(tmp_path, capsys):
     for r in phases["grid"] + phases["matched"]:
         t = r.data.tags
         assert {"rule", "arm", "seed", "phase", "rate"} <= set(t) and t["arm"].startswith(t["rule"] + "@")
-
-
-def test_sweep_reaches_forced_rates_after_every_rule_stopped(monkeypatch):
-    """Every seed diverges at the first rate: the grid still runs converged's preset rate (H-converged needs it)."""
-    from types import SimpleNamespace
-
-    from hat.config import TrainConfig
-    from studies import dose_response as dr
-
-    ran = []
-
-    def fake_units(ctx, queue, specs, seeds, hidden, bar=None):
-        ran.extend(specs)
-        return {(a, s): {"status": "diverged"} for a in specs for s in seeds}
-
-    monkeypatch.setattr(dr, "run_arm_units", fake_units)
-    ctx = SimpleNamespace(name="t", base=TrainConfig())
-    rates = [1e-5, 3.16e-5, 1e-4, 3.16e-4, 1e-3]
-    results, stopped = dr.sweep(ctx, ["converged"], rates, {}, [0, 1], 1, False, {"converged": {1e-3}})
-    assert stopped == {"converged": 1e-5}
-    assert ran == [dr.arm_name("converged", 1e-5), dr.arm_name("converged", 1e-3)]
-    assert (dr.arm_name("converged", 1e-3), 0) in results

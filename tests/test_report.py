@@ -1,6 +1,7 @@
 """report.md of a comparison study, checked against its inputs: provenance (command, git state, package versions,
 data checksum), settings table, column legend, tuning section (read from the Optuna storage), the verdict table on
-the console; and the cost-weighted progress bar. A synthetic study (results, tuning trials) stands in for a run."""
+the console; Verdict values rendered into report.md, the glance table and the MLflow tags. A synthetic study
+(results, tuning trials) stands in for a run."""
 
 from __future__ import annotations
 
@@ -14,11 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import meta_learners, setup
 
 from hat.config import preset
 from studies import fixed_rule
-from studies.lib import progress, report
-from studies.lib.common import SCALES, Context, Scale
+from studies.lib import report
+from studies.lib.context import Context
+from studies.lib.scale import SCALES, Scale
+from studies.lib.verdicts import Verdict
 from studies.lib.workqueue import open_storage
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,7 +88,7 @@ def study(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("report")
     files = fake_data(tmp / "data")
     url = f"sqlite:///{tmp}/optuna.db"
-    arms = fixed_rule.build_arms(["a.pt", "b.pt"], "a.pt", "e.pt")
+    arms = fixed_rule.arms(setup(meta=meta_learners(["a.pt", "b.pt"], "e.pt")))
     names = [a.name for a in arms]
     tuned = make_tuning(url, names)
     scale = Scale(**{**SCALES["smoke"], "seeds": len(SEEDS), "trials": 3})
@@ -98,7 +102,7 @@ def study(tmp_path_factory):
 
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        sections, written, comps = report.comparison_sections(ctx, arms, tuned, results, SEEDS, fixed_rule.hypotheses())
+        sections, written, comps = report.comparison_sections(ctx, arms, tuned, results, SEEDS, fixed_rule.hypotheses(setup()))
         path = report.finish_report(ctx, "Fixed rules (synthetic)", fixed_rule.__doc__, sections, written)
     return {"text": path.read_text(), "ctx": ctx, "tuned": tuned, "files": files, "comps": comps, "arms": names,
             "console": buf.getvalue(), "url": url, "written": written}
@@ -207,7 +211,7 @@ def test_tuning_section_matches_the_storage(study):
 
 def test_console_ends_with_the_verdict_table(study):
     lines = study["console"].rstrip().splitlines()
-    hyps = fixed_rule.hypotheses()
+    hyps = fixed_rule.hypotheses(setup())
     table = lines[-len(hyps) - 2:]
     assert table[0].split() == ["hypothesis", "claim", "metric", "Δ", "95%", "CI", "verdict"]
     for line, h, c in zip(table[2:], hyps, study["comps"]):
@@ -224,48 +228,6 @@ def test_figures_written_and_referenced(study):
         assert out / name in study["written"]
 
 
-def test_parse_verdicts_of_composite_lines():
-    rows = report.parse_verdicts("- VERDICT H-late: REFUTED — HAT's benefit appears only after about 0.5 epochs "
-                                 "(first epoch ...)\n- VERDICT X: SUPPORTED — a claim (with a note) (test_acc: Δ = "
-                                 "+1.20 accuracy points, 95% CI [+0.10, +2.30], margin 0.5, n = 5)")
-    assert rows[0] == {"hypothesis": "H-late", "verdict": "refuted", "metric": "", "Δ": "", "95% CI": "",
-                       "claim": "HAT's benefit appears only after about 0.5 epochs"}
-    assert rows[1]["claim"] == "a claim (with a note)" and rows[1]["Δ"] == "+1.20"
-    assert rows[1]["95% CI"] == "[+0.10, +2.30]"
-
-
-def test_progress_plan_weights_runs_by_expected_cost():
-    base = preset("quick")
-    scale = Scale(**SCALES["quick"])
-    arms = fixed_rule.build_arms([""] * scale.hat_runs, "", "")
-    costs = progress.plan(base, scale, arms, scale.hat_runs)
-    per_arm = scale.trials * scale.tuning_seeds + scale.seeds
-    assert len(costs) == progress.units_total(scale, len(arms), scale.hat_runs) == scale.hat_runs + len(arms) * per_arm
-    control = progress.run_cost(base)
-    assert costs[scale.hat_runs] == control  # tuning starts with the control
-    assert costs[0] > 5 * control  # a phase-1 run (trainable M) costs far more than a control run
-    by_rule = {a.name: progress.run_cost(a.config(base)) for a in arms}
-    assert by_rule["final"] > 5 * by_rule["hebb"] and by_rule["mean"] > by_rule["final"]
-    # a count-based bar gives phase 1 a share of hat_runs / runs of the study; by cost it is at least twice that
-    assert sum(costs[: scale.hat_runs]) / sum(costs) > 1.5 * scale.hat_runs / len(costs)
-
-
-def test_weighted_bar_advances_by_cost():
-    bar = progress.progress_bar([10.0, 1.0, 1.0, 2.0], "t", True)
-    bar.update(1)
-    assert bar.bar.n == 10.0 and bar.done == 1
-    bar.update(2)
-    assert bar.bar.n == 12.0
-    bar.update(2)  # past the plan: the plan's mean cost, capped at the total
-    assert bar.bar.n == bar.bar.total == 14.0 and bar.done == 5
-    bar.close()
-    assert isinstance(progress.progress_bar(3, "t", False), progress._NoBar)
-    uniform = progress.progress_bar(3, "t", True)
-    uniform.update(1)
-    assert uniform.bar.n == 1.0 and uniform.bar.total == 3.0
-    uniform.close()
-
-
 def test_curve_references_and_pure_controls():
     from studies.lib.analysis import Hypothesis
 
@@ -278,3 +240,54 @@ def test_curve_references_and_pure_controls():
             Hypothesis("t2", "", "hat@1", "greater", control="control@1")]
     ref, controls = report.curve_references(["control@0.1", "hat@0.1", "control@1", "hat@1"], hyps)
     assert ref == {"hat@0.1": "control@0.1", "hat@1": "control@1"} and controls == {"control@0.1", "control@1"}
+
+
+def test_finish_report_renders_verdict_values(tmp_path, shared_tracking_uri, capsys):
+    """Verdict values among a study's section lines: each becomes its `- VERDICT` line where it stands, a row of the
+    glance table, an MLflow tag of the parent run (which ends FINISHED with the report), and a console row."""
+    from mlflow.tracking import MlflowClient
+
+    from hat.tracking import Tracker
+
+    tracker = Tracker(shared_tracking_uri)
+    parent = tracker.start_run("verdict values", tags={"phase": "study", "study_name": "values"})
+    args = argparse.Namespace(command="python -m studies.fixed_rule --preset smoke", data=str(tmp_path / "no-data"),
+                              preset="smoke")
+    ctx = Context("fixed_rule", "values", Scale(**SCALES["smoke"]), preset("smoke"), None, tracker, parent.run_id,
+                  tmp_path / "out", None, False, args)
+    ctx.out.mkdir()
+    extra = ctx.out / "extra.csv"
+    extra.write_text("a,b\n")
+    paired = Verdict("H-a", "supported", "a helps", "test_acc: Δ = +1.23 accuracy points", metric="test_acc",
+                     diff=1.234, ci=(0.5, 1.96))
+    composite = Verdict("H-b>c", "inconclusive", "b beats c", "rule: both or neither")
+    path = report.finish_report(ctx, "Values", "About these values.", ["## Mine", "", paired, "between", composite, ""],
+                                [extra])
+    text = path.read_text()
+    assert "Verdict(" not in text and text.index("## Verdicts at a glance") < text.index("## Settings")
+    assert section(text, "Mine").splitlines()[:4] == [
+        "", "- VERDICT H-a: SUPPORTED — a helps (test_acc: Δ = +1.23 accuracy points)", "between",
+        "- VERDICT H-b>c: INCONCLUSIVE — b beats c (rule: both or neither)"]
+    (head, rows), = md_tables(section(text, "Verdicts at a glance"))
+    assert head == ["hypothesis", "verdict", "claim", "metric", "Δ", "95% CI"]
+    assert rows == [["H-a", "supported", "a helps", "test_acc", "+1.23", "[+0.50, +1.96]"],
+                    ["H-b>c", "inconclusive", "b beats c", "", "", ""]]
+    run = MlflowClient(tracking_uri=shared_tracking_uri).get_run(parent.run_id)
+    assert run.info.status == "FINISHED"
+    assert {k: v for k, v in run.data.tags.items() if k.startswith("verdict.")} == {
+        "verdict.H-a": "supported", "verdict.H-b_c": "inconclusive"}
+    logged = {f.path for f in MlflowClient(tracking_uri=shared_tracking_uri).list_artifacts(parent.run_id, "report")}
+    assert logged == {"report/report.md", "report/extra.csv"}
+    console = capsys.readouterr().out.rstrip().splitlines()
+    assert console[-5] == "Verdicts (Values):" and console[-2].split()[:3] == ["H-a", "a", "helps"]
+    assert console[-2].endswith("+1.23  [+0.50, +1.96]  supported") and console[-1].split() == [
+        "H-b>c", "b", "beats", "c", "inconclusive"]
+
+
+def test_finish_report_without_verdicts_has_no_glance_table(tmp_path, capsys):
+    args = argparse.Namespace(command="python -m studies.rule_form", data=None, preset="smoke")
+    ctx = Context("rule_form", "none", Scale(**SCALES["smoke"]), preset("smoke"), None, None, None, tmp_path, None,
+                  False, args)
+    text = report.finish_report(ctx, "No verdicts", "Doc.", ["## Only text", "", "a line", ""], []).read_text()
+    assert "## Verdicts at a glance" not in text and "## Only text\n\na line\n" in text
+    assert "Verdicts (" not in capsys.readouterr().out

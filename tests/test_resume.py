@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import csv
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+from helpers import DATA, REPO, epochs_cmd, mlflow_runs, needs_data, unit_trials, worker_env
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("HAT_DATA", REPO.parent / "shared" / "data"))
-pytestmark = pytest.mark.skipif(not (DATA / "FashionMNIST" / "raw").is_dir(), reason="Fashion-MNIST not available")
+pytestmark = needs_data
 
 SIZE = ["--preset", "smoke", "--trials", "3", "--seeds", "2", "--hat-runs", "1"]
 # smoke runs evaluate 3 times (steps 0, 10, 20); tuning trials of slots 0 and 1 are never pruned (2 startup trials)
@@ -72,14 +73,6 @@ def _slots(folder: Path) -> dict[str, list]:
     return out
 
 
-def _runs(folder: Path):
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=f"sqlite:///{folder}/mlflow.db")
-    exp = client.get_experiment_by_name("hat")
-    return client.search_runs([exp.experiment_id], max_results=5000)
-
-
 def test_killed_study_resumes_to_the_same_answer(tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     ref = _study(straight)
@@ -105,7 +98,7 @@ def test_killed_study_resumes_to_the_same_answer(tmp_path):
     assert [t.state.name for t in control.trials].count("FAIL") == 2  # the two kills in it did not count
 
     # MLflow: every run ended; the runs of dead units were closed (KILLED) or, finished, marked as lost.
-    runs = _runs(killed)
+    runs = mlflow_runs(killed)
     status = [r.info.status for r in runs]
     assert "RUNNING" not in status, [(r.data.tags.get("mlflow.runName"), r.info.status) for r in runs
                                      if r.info.status == "RUNNING"]
@@ -114,7 +107,7 @@ def test_killed_study_resumes_to_the_same_answer(tmp_path):
     killed_runs = [r for r in runs if r.info.status == "KILLED"]
     assert len(killed_runs) == MID_TRAINING_KILLS, [(r.data.tags.get("mlflow.runName"), r.data.tags) for r in killed_runs]
     pruned = [r for r in runs if r.data.tags.get("status") == "pruned"]
-    assert len(pruned) == sum(r.data.tags.get("status") == "pruned" for r in _runs(straight))
+    assert len(pruned) == sum(r.data.tags.get("status") == "pruned" for r in mlflow_runs(straight))
     assert all(r.info.status == "FINISHED" and r.data.tags.get("trial_state") == "pruned" for r in pruned)
     tuned = [r for r in runs if r.data.tags.get("phase") == "tune" and r.info.status == "FINISHED"
              and "unit_result" not in r.data.tags]
@@ -123,7 +116,7 @@ def test_killed_study_resumes_to_the_same_answer(tmp_path):
     # study -> arm -> run: one arm parent per arm (and one for phase 1), each under the study's parent, finished
     arm_parents = [r for r in runs if r.data.tags.get("phase") == "arm"]
     assert sorted(r.data.tags["arm"] for r in arm_parents) == sorted(
-        r.data.tags["arm"] for r in _runs(straight) if r.data.tags.get("phase") == "arm")
+        r.data.tags["arm"] for r in mlflow_runs(straight) if r.data.tags.get("phase") == "arm")
     assert all(r.info.status == "FINISHED" for r in arm_parents)
     lost = [r for r in runs if "unit_result" in r.data.tags]
     assert len(lost) == MID_TRAINING_KILLS + 1 and sum(r.info.status == "FINISHED" for r in lost) == 1
@@ -147,7 +140,38 @@ def test_parent_run_fails_on_error(tmp_path, monkeypatch):
         fixed_rule.main(["--preset", "smoke", "--trials", "0", "--seeds", "1", "--hat-runs", "1", "--no-progress",
                          "--storage", f"sqlite:///{tmp_path}/optuna.db", "--tracking-uri",
                          f"sqlite:///{tmp_path}/mlflow.db", "--out", str(tmp_path / "out")])
-    runs = {r.data.tags.get("phase"): r for r in _runs(tmp_path)}
+    runs = {r.data.tags.get("phase"): r for r in mlflow_runs(tmp_path)}
     assert sorted(runs) == ["arm", "study"]  # the study's parent and the phase-1 arm parent, nothing else
     assert runs["study"].info.status == "FAILED" and "broken trainer" in runs["study"].data.tags["failure_reason"]
     assert runs["arm"].info.status == "FAILED"  # not left RUNNING
+
+
+def test_kill_and_rerun_finishes_without_redoing(tmp_path):
+    """A study killed (SIGKILL) in its replicates and rerun finishes every unit exactly once, without redoing the
+    finished ones."""
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    proc = subprocess.Popen(epochs_cmd(tmp_path), cwd=REPO, env=worker_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    before: dict = {}
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+        try:
+            before = unit_trials(storage, "resume:replicate")
+        except Exception:  # study not created yet
+            continue
+        if len(before) >= 3:
+            break
+    assert proc.poll() is None, f"finished before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = unit_trials(storage, "resume:replicate")
+    assert 3 <= len(before) < 12
+
+    rerun = subprocess.run(epochs_cmd(tmp_path), cwd=REPO, env=worker_env(), capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    after = unit_trials(storage, "resume:replicate")
+    assert len(after) == 12 and all(len(v) == 1 for v in after.values())  # every unit done exactly once
+    for key, res in before.items():
+        assert after[key][0] == res[0]  # finished units were not redone (same runs, same results)
+    assert (tmp_path / "out" / "report.md").is_file()

@@ -1,5 +1,5 @@
 """studies.lib.rule_analysis: polynomial fits recover known rules, distances, partial dependence, change points,
-and the input sampler against the learner it samples from."""
+the linear fit of the mean rule (the input samplers are tested in test_rule_inputs.py)."""
 
 from __future__ import annotations
 
@@ -212,56 +212,44 @@ def test_change_point_found():
         ra.change_point([0, 1], [1, 2], min_size=2)
 
 
-# ---------------------------------------------------------------- collect_inputs
+def test_change_point_finds_a_step():
+    cp = ra.change_point([0.1, 0.2, 0.5, 1.0, 2.0], [1.0, 1.0, 1.0, 5.0, 5.0])
+    assert cp.index == 3 and cp.t == 1.0
+    assert cp.mean_before == 1.0 and cp.mean_after == 5.0 and cp.sse == 0.0 and cp.r2 == 1.0
+    assert cp.sse_null == pytest.approx(np.sum((np.array([1, 1, 1, 5, 5]) - 2.6) ** 2))
 
 
-def _learner(seed=0):
-    from hat.config import TrainConfig
-    from hat.trainer import Learner
-
-    cfg = TrainConfig(widths=(6, 5, 10), act="sigmoid", batch_size=20, rate=0.0)  # toy_data: 6 inputs
-    return Learner(cfg.widths, cfg.act, torch.Generator().manual_seed(seed)), cfg
-
-
-def test_collect_inputs_samples_what_the_rule_sees(toy_data):
-    import rules
-
-    data = toy_data
-    learner, cfg = _learner()
-    rule = rules.get("converged", c=2.0)
-    got = ra.collect_inputs(learner, rule, data.x_train, cfg, n_samples=300, seed=4, n_batches=3)
-    assert set(got) == {0, 1} and all(v.shape == (300, 3) for v in got.values())
-    again = ra.collect_inputs(learner, rule, data.x_train, cfg, n_samples=300, seed=4, n_batches=3)
-    for layer in got:
-        np.testing.assert_array_equal(got[layer], again[layer])  # deterministic
-    other = ra.collect_inputs(learner, rule, data.x_train, cfg, n_samples=300, seed=5, n_batches=3)
-    assert not np.array_equal(got[0], other[0])
-    # Every triple is (v_i, w_ij, v_j) of one sample and synapse: with rate 0 the forward pass is the plain one.
-    with torch.no_grad():
-        x = data.x_train.double()
-        ws = [w.double() for w in learner.weights]
-        bs = [b.double() for b in learner.biases]
-        h = torch.sigmoid(x @ ws[0].T + bs[0])  # (N, 5)
-        logits = h @ ws[1].T + bs[1]  # (N, 10)
-    for layer, (pre, w, post) in enumerate([(x, ws[0], h), (h, ws[1], logits)]):
-        for vi, wij, vj in got[layer][:50]:
-            i_ = torch.nonzero(torch.isclose(w, torch.tensor(wij, dtype=w.dtype), atol=1e-7))  # (k, 2): (o, i)
-            assert len(i_) >= 1
-            o, i = i_[0].tolist()
-            rows = torch.isclose(pre[:, i], torch.tensor(vi, dtype=pre.dtype), atol=1e-6) & \
-                torch.isclose(post[:, o], torch.tensor(vj, dtype=post.dtype), atol=1e-5)
-            assert rows.any(), (layer, vi, wij, vj)
-    before = [w.detach().clone() for w in learner.weights]
-    ra.collect_inputs(learner, rules.get("hebb"), data.x_train, cfg.replace(rate=0.5), n_samples=10, seed=0)
-    assert all(torch.equal(a, b) for a, b in zip(before, learner.weights))  # the learner is left as it was
-
-
-def test_collect_inputs_local_layers_and_no_rule(toy_data):
-    import rules
-
-    data = toy_data
-    learner, cfg = _learner()
-    got = ra.collect_inputs(learner, rules.get("hebb"), data.x_train, cfg.replace(local_layers=(1,)), 40, seed=0)
-    assert list(got) == [1] and got[1].shape == (40, 3)
+def test_change_point_noisy_step_and_edge_cases():
+    rng = np.random.default_rng(0)
+    y = np.r_[np.full(12, 3.0), np.full(8, 0.5)] + 0.1 * rng.standard_normal(20)
+    cp = ra.change_point(np.arange(20.0), y)
+    assert cp.index == 12 and cp.t == 12.0 and 0.9 < cp.r2 <= 1
+    assert cp.mean_before == pytest.approx(y[:12].mean()) and cp.mean_after == pytest.approx(y[12:].mean())
+    # brute force over every split, independently
+    sse = [np.sum((y[:k] - y[:k].mean()) ** 2) + np.sum((y[k:] - y[k:].mean()) ** 2) for k in range(1, 20)]
+    assert cp.sse == pytest.approx(min(sse))
+    two = ra.change_point([0.0, 1.0], [2.0, 7.0])
+    assert two.index == 1 and two.mean_before == 2.0 and two.mean_after == 7.0
+    flat = ra.change_point([0.0, 1.0, 2.0], [4.0, 4.0, 4.0])
+    assert flat.index == 1 and flat.r2 == 1.0  # no change: the earliest split, nothing explained or lost
+    for bad in ([1.0], [], [1.0, np.nan]):
+        with pytest.raises(ValueError):
+            ra.change_point(np.arange(len(bad), dtype=float), bad)
     with pytest.raises(ValueError):
-        ra.collect_inputs(learner, None, data.x_train, cfg, 10, seed=0)
+        ra.change_point([1.0], [1.0, 2.0])
+
+
+# ---------------------------------------------------------------- the linear fit of mean_rule
+
+
+def test_fit_linear():
+    rng = np.random.default_rng(1)
+    vj = rng.uniform(-1, 1, 500)
+    f = ra.fit_linear(vj, 2.0 * vj)
+    assert f["c"] == pytest.approx(2.0) and f["r2"] == pytest.approx(1.0)
+    assert f["c_intercept"] == pytest.approx(2.0) and f["intercept"] == pytest.approx(0.0, abs=1e-12)
+    y = 0.3 + 1.5 * vj
+    f = ra.fit_linear(vj, y)
+    assert f["c"] == pytest.approx(np.sum(vj * y) / np.sum(vj * vj))  # through the origin
+    assert f["c_intercept"] == pytest.approx(1.5) and f["intercept"] == pytest.approx(0.3)
+    assert f["r2_intercept"] == pytest.approx(1.0) and f["r2"] < 1.0

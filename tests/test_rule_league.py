@@ -1,91 +1,40 @@
 """studies.rule_league end to end at toy scale: the ranked table and the match verdicts recomputed from results.csv
-with scipy and statsmodels, the learned coefficients from the saved snapshots, figures, MLflow tags."""
+with scipy and statsmodels, the learned coefficients from the saved snapshots, figures, MLflow tags (the ranks and
+coefficients of `studies.lib.league` are tested in test_league.py)."""
 
 from __future__ import annotations
 
-import csv
-import os
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import (
+    FAILURE,
+    MARGIN,
+    ci,
+    family_stats,
+    help_text,
+    needs_data,
+    num,
+    read_results,
+    setup,
+    stores,
+    table_after,
+)
 from scipy import stats as sps
-from statsmodels.stats.multitest import multipletests
 
 from studies.lib.report import unexplained_columns
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("HAT_DATA", REPO.parent / "shared" / "data"))
-needs_data = pytest.mark.skipif(not (DATA / "FashionMNIST" / "raw").is_dir(), reason="Fashion-MNIST not available")
-
-MARGIN = 0.5  # the smoke scale's margin (test accuracy points)
-FAILURE = 10.0  # a diverged run's test accuracy
 SEEDS = 3
 FAMILIES = ("mlp", "abcd", "bcm")  # meta-learned reference, a meta-learned family with coefficients, a fixed rule
 EPOCHS = 0.5
 
 
-def stores(tmp_path: Path) -> list[str]:
-    return ["--storage", f"sqlite:///{tmp_path}/optuna.db", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
-            "--out", str(tmp_path / "out"), "--no-progress"]
-
-
-def read_results(path: Path) -> dict[tuple[str, int], dict]:
-    with open(path) as f:
-        return {(r["arm"], int(r["seed"])): r for r in csv.DictReader(f)}
-
-
-def table_after(report: str, heading: str) -> list[dict]:
-    """The first markdown table after `heading`, as dicts of strings."""
-    lines = report[report.index(heading):].splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("| "))
-    rows = []
-    for line in lines[start:]:
-        if not line.startswith("|"):
-            break
-        rows.append([c.strip() for c in line.strip().strip("|").split("|")])
-    head, body = rows[0], rows[2:]
-    return [dict(zip(head, r)) for r in body]
-
-
-def ci(text: str) -> tuple[float, float]:
-    lo, hi = text.strip("[]").split(",")
-    return float(lo), float(hi)
-
-
-def num(text: str) -> float:
-    return float("nan") if text in ("nan", "") else float(text)
-
-
-def family_stats(pairs: list[tuple[np.ndarray, np.ndarray, str]], margin: float) -> list[dict]:
-    """Independent recomputation of one Holm family: per claim (arm, control, direction) the mean paired difference,
-    its 95% t interval, the one-sided t-tests "effect > 0" and "effect < margin" (scipy), Holm over all 2m p-values
-    (statsmodels; an undefined p counts as 1 and stays undefined), and the verdict word."""
-    out, p_eff, p_below = [], [], []
-    for a, c, direction in pairs:
-        d = a - c
-        sign = 1.0 if direction == "greater" else -1.0
-        opposite = "less" if direction == "greater" else "greater"
-        degenerate = bool(np.all(d == d[0]))
-        p_eff.append(np.nan if degenerate else sps.ttest_1samp(d, 0.0, alternative=direction).pvalue)
-        p_below.append(np.nan if degenerate else sps.ttest_1samp(d, sign * margin, alternative=opposite).pvalue)
-        m = float(d.mean())
-        lo, hi = ((m, m) if degenerate else sps.t.interval(0.95, len(d) - 1, loc=m, scale=sps.sem(d)))
-        out.append({"mean": m, "lo": lo, "hi": hi})
-    both = np.array(p_eff + p_below)
-    holm = np.full(both.size, np.nan)
-    adj = multipletests(np.where(np.isnan(both), 1.0, both), method="holm")[1]
-    holm[~np.isnan(both)] = adj[~np.isnan(both)]
-    m = len(pairs)
-    for i, row in enumerate(out):
-        row["holm"], row["holm_below"] = holm[i], holm[m + i]
-        if np.isnan(holm[i]) or np.isnan(holm[m + i]):
-            row["verdict"] = "inconclusive"
-        else:
-            row["verdict"] = {(True, False): "supported", (True, True): "negligible", (False, True): "refuted",
-                              (False, False): "inconclusive"}[(holm[i] < 0.05, holm[m + i] < 0.05)]
-    return out
+def test_help(capsys):
+    text = help_text("rule_league", capsys)
+    assert "python -m studies.rule_league" in text and "Run:" in text and "Hypotheses" in text
+    for flag in ("--preset", "--storage", "--no-progress", "--families", "--trials", "--seeds"):
+        assert flag in text, flag
 
 
 def test_match_verdict_rule():
@@ -99,34 +48,25 @@ def test_match_verdict_rule():
     assert match_verdict("negligible", "inconclusive") == "inconclusive"
 
 
-def test_rank_bootstrap_orders_clear_differences():
-    from studies.rule_league import rank_bootstrap
+def test_arms_and_families():
+    """Meta-learned families train their rule and save it at the end; fixed ones tune their rate; every arm is
+    tagged with its family and kind; the match family has two directional claims per family other than mlp."""
+    from types import SimpleNamespace
 
-    acc = {"a": np.array([80.0, 81, 82, 83]), "b": np.array([70.0, 71, 72, 73]), "c": np.array([np.nan] * 4)}
-    p = rank_bootstrap(acc, 500)
-    assert np.allclose([v.sum() for v in p.values()], 1.0)
-    assert p["a"][0] == 1.0 and p["b"][1] == 1.0 and p["c"][2] == 1.0  # a diverged arm scores chance: last
-
-
-def test_terms_coefficients_are_read_from_snapshots(tmp_path):
-    """learned_coefficients reads `terms` snapshots by name (the end-to-end test below covers abcd)."""
-    import rules
-    from rules.snapshot import save_snapshot
-    from studies.rule_league import learned_coefficients
-
-    results = {}
-    for s in range(2):
-        rule = rules.get("terms", coef=[0.1 * s + k for k in range(7)])
-        path = save_snapshot(rule, tmp_path / f"terms_seed{s}_epoch1.pt", seed=s, epoch=1.0, step=1)
-        results[("terms", s)] = {"status": "ok", "snapshots": [str(path)]}
-    results[("terms", 2)] = {"status": "diverged", "snapshots": []}
     from hat.config import TrainConfig
-    from studies.lib import common
+    from studies import rule_league
 
-    ctx = common.Context("rule_league", "t", common.Scale(), TrainConfig(), None, None, None, tmp_path, None)
-    names, coef = learned_coefficients(ctx, results, "terms", [0, 1, 2])
-    assert names == ["vi*vj", "vi", "vj", "w", "vj^2*w", "vi*vj*w", "1"]
-    assert coef.shape == (2, 7) and np.allclose(coef[1] - coef[0], 0.1)
+    s = setup(ctx=SimpleNamespace(base=TrainConfig(epochs=0.5)), families=["mlp", "abcd", "bcm", "abcd"])
+    arms = {a.name: a for a in rule_league.arms(s)}
+    assert list(arms) == ["control", "mlp", "abcd", "bcm"]
+    assert arms["abcd"].overrides["trainable_rule"] and arms["abcd"].overrides["snapshot_epochs"] == (0.5,)
+    assert "trainable_rule" not in arms["bcm"].overrides and "rule_lr" in arms["abcd"].space
+    assert {a: arm.tags for a, arm in arms.items()}["bcm"] == {"family": "bcm", "kind": "fixed"}
+    assert arms["mlp"].hypothesis == "reference" and arms["abcd"].hypothesis == "H-match-abcd"
+    assert [h.key for h in rule_league.league_family(s)] == ["L-mlp", "L-abcd", "L-bcm"]
+    assert [(h.key, h.control, h.direction) for h in rule_league.match_family(rule_league.families(s))] == [
+        ("H-match-abcd>mlp", "mlp", "greater"), ("H-match-abcd<mlp", "mlp", "less"),
+        ("H-match-bcm>mlp", "mlp", "greater"), ("H-match-bcm<mlp", "mlp", "less")]
 
 
 @needs_data

@@ -33,9 +33,11 @@ def _stub_context(storage_url: str, log: Path, name: str):
     """A study context whose train() records the call and returns at once (val_acc from the params)."""
     from hat.config import TrainConfig
     from hat.trainer import RunResult
-    from studies.lib import common, workqueue
+    from studies.lib import workqueue
+    from studies.lib.context import Context
+    from studies.lib.scale import Scale
 
-    class StubContext(common.Context):
+    class StubContext(Context):
         def train(self, cfg, tags, run_name, callback=None, observer=None, evaluate_test=True):
             with open(log, "a") as f:
                 f.write(json.dumps({"pid": os.getpid(), "trial": tags.get("trial"), "optimizer": cfg.optimizer,
@@ -44,7 +46,7 @@ def _stub_context(storage_url: str, log: Path, name: str):
             return RunResult(status="ok", val_acc=50.0 + 1000 * cfg.rate + cfg.lr, test_acc=0.0)
 
     storage = workqueue.open_storage(storage_url)
-    return StubContext("t", name, common.Scale(trials=TRIALS, tuning_seeds=1), TrainConfig(optimizer="adam", lr=1e-3,
+    return StubContext("t", name, Scale(trials=TRIALS, tuning_seeds=1), TrainConfig(optimizer="adam", lr=1e-3,
                        rate=1e-3), storage, None, None, log.parent, None, False)
 
 
@@ -54,12 +56,13 @@ WARM = {"optimizer": "sgd", "lr_sgd": 0.05}
 def race_worker(storage_url: str, folder: str, start_at: float) -> None:
     """One worker of test_workers_started_together (run in its own process): waits for the common start instant,
     tunes arm hebb, then runs the unit queue."""
-    from studies.lib import common, tuning, workqueue
+    from studies.lib import tuning, workqueue
+    from studies.lib.arms import rule_arm
 
     folder = Path(folder)
     ctx = _stub_context(storage_url, folder / "train.log", "race")
     time.sleep(max(0.0, start_at - time.time()))
-    tuning.tune_arm(ctx, common.rule_arm("hebb", "hebb"), WARM)
+    tuning.tune_arm(ctx, rule_arm("hebb", "hebb"), WARM)
 
     def fn(key, spec):
         with open(folder / "units.log", "a") as f:
@@ -283,7 +286,8 @@ def test_dead_workers_trials_are_reclaimed_on_postgres(tmp_path, postgres):
     before recording its worker (possible only inside the advisory lock), is claimed again at once."""
     import optuna
 
-    from studies.lib import common, tuning, workqueue
+    from studies.lib import tuning, workqueue
+    from studies.lib.arms import rule_arm
 
     url = postgres.url("reclaim")
     ctx = _stub_context(url, tmp_path / "train.log", "dead")
@@ -293,7 +297,7 @@ def test_dead_workers_trials_are_reclaimed_on_postgres(tmp_path, postgres):
     study.enqueue_trial({}, user_attrs={"slot": 1})
     study.ask()  # no worker recorded: its claimer died inside the lock
     start = time.time()
-    out = tuning.tune_arm(ctx, common.rule_arm("hebb", "hebb"), WARM)
+    out = tuning.tune_arm(ctx, rule_arm("hebb", "hebb"), WARM)
     assert time.time() - start < workqueue.GRACE_S and out["trials"] == TRIALS
     trials = optuna.load_study(study_name="dead:tune:hebb", storage=url).trials
     assert sorted(t.user_attrs["slot"] for t in trials if t.state.name == "COMPLETE") == list(range(TRIALS))

@@ -209,21 +209,25 @@ def test_worker_with_empty_out_fetches_phase1_snapshots_from_mlflow(toy_data, tm
     import shutil
 
     from hat.snapshots import load_snapshot
-    from studies.lib import common, workqueue
+    from studies.lib import workqueue
+    from studies.lib.context import Context
+    from studies.lib.phases import snapshot_paths, train_meta_learners
+    from studies.lib.scale import Scale
 
     uri = f"sqlite:///{tmp_path}/store/mlflow.db"
     storage = workqueue.open_storage(f"sqlite:///{tmp_path}/store/optuna.db")
-    scale = common.Scale(hat_runs=2)
+    scale = Scale(hat_runs=2)
     base = toy_cfg(epochs=1.0)
 
     def context(out):
-        return common.Context("fixed_rule", "share", scale, base, storage, Tracker(uri), None, tmp_path / out,
-                              toy_data, False)
+        return Context("fixed_rule", "share", scale, base, storage, Tracker(uri), None, tmp_path / out, toy_data, False)
 
-    first = common.train_meta_learners(context("a"), (0.5, 1.0))
+    a = context("a")
+    first = snapshot_paths(a, train_meta_learners(a, (0.5, 1.0)))
     assert sorted(first) == [20000, 20001] and all(sorted(e) == [0.5, 1.0] for e in first.values())
     shutil.move(tmp_path / "a", tmp_path / "a_elsewhere")  # the first worker's files are on another machine
-    second = common.train_meta_learners(context("b"), (0.5, 1.0))
+    b = context("b")
+    second = snapshot_paths(b, train_meta_learners(b, (0.5, 1.0)))
     assert sorted(second) == sorted(first)
     for seed, by_epoch in second.items():
         for epoch, path in by_epoch.items():
