@@ -23,9 +23,9 @@ from hat.config import TrainConfig
 from studies.lib.workqueue import (
     POLL_S,
     Heartbeat,
-    _mark_claimed,
     claiming,
     fault_point,
+    mark_claimed,
     states,
     unit_scope,
 )
@@ -143,7 +143,7 @@ def _claim_slot(study, storage, n: int, starts: list[dict]):
                 s = free[0]
                 study.enqueue_trial(starts[s] if s < len(starts) else {}, user_attrs={"slot": s})
             trial = study.ask()
-            _mark_claimed(storage, trial)
+            mark_claimed(storage, trial)
             s = _slot(trial)
             if not isinstance(s, int) or s not in free:
                 study.tell(trial, state=TS.FAIL)  # a stale or duplicate claim: discarded, never counted

@@ -432,7 +432,7 @@ def _lock_uri(storage) -> str:
     return getattr(storage, "url", "") or ""
 
 
-def _mark_claimed(storage, trial) -> None:
+def mark_claimed(storage, trial) -> None:
     """Record the claiming worker and a first heartbeat (done under the store lock, right after ask)."""
     storage.set_trial_user_attr(trial._trial_id, "worker", worker_id())
     trial._cached_frozen_trial.user_attrs["worker"] = worker_id()
@@ -450,7 +450,7 @@ def claim_trial(study, storage):
     with warnings.catch_warnings(), storage_lock(storage):
         warnings.simplefilter("ignore")  # heartbeat outside Study.optimize is what we want here
         trial = study.ask()
-        _mark_claimed(storage, trial)
+        mark_claimed(storage, trial)
         return trial
 
 
@@ -476,7 +476,7 @@ def _claim(study, storage, units: dict):
             if all(k in done for k in units) or not (missing or any(t.state == TS.WAITING for t in trials)):
                 return done, None
             trial = study.ask()
-            _mark_claimed(storage, trial)
+            mark_claimed(storage, trial)
             key = trial.user_attrs.get("unit")
             held = any(t.number != trial.number and t.user_attrs.get("unit") == key
                        and t.state in (TS.COMPLETE, TS.RUNNING) for t in study.get_trials(deepcopy=False))
