@@ -65,11 +65,12 @@ def sample_rule_inputs(cfg, data, n: int = SAMPLES, seed: int = SEED,
     import torch
     import torch.nn.functional as F
 
+    from hat.choices import make_optimizer
     from hat.trainer import Learner
 
     gen = torch.Generator().manual_seed(seed)
     learner = Learner(cfg.widths, cfg.act, gen)
-    opt = (torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.SGD)(learner.parameters(), lr=cfg.lr)
+    opt = make_optimizer(cfg.optimizer, learner.parameters(), cfg.lr)
     x_all, y_all = data.x_train, data.y_train
     if cfg.train_limit:
         x_all, y_all = x_all[: cfg.train_limit], y_all[: cfg.train_limit]
