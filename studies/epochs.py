@@ -1,11 +1,16 @@
 """HAT against the backprop control along training (the paper's Figure 1, left).
 
-Hypotheses (one Holm family over the paired comparisons):
-  H-faster     HAT trains faster: larger area under the validation curve over the first epoch
-  H-asymptote  HAT reaches a better asymptote: higher final test accuracy
-  H-stable     HAT is more stable after convergence: smaller spread of the last validation accuracies
-  X-noise-*    a random update of tuned size (the paper's "stochasticity" explanation) does the same
-and, read off the paired difference curve (not part of the Holm family):
+Hypotheses (the paper's claims one Holm family, the exploratory X-* another):
+  H-faster      HAT trains faster: larger area under the validation curve over the first epoch
+  H-asymptote   HAT reaches a better asymptote: higher final test accuracy (needs converged learners)
+  H-no-decline  HAT does not decline after convergence, as the paper says (18 epochs after its plateau): the
+                claim H-decline, "HAT's drop from its plateau (smoothed validation accuracy, at least 10
+                evaluations after the plateau) exceeds the control's by the margin or more", is refuted or
+                negligible (non-inferiority); needs converged learners
+  X-noise-*     a random update of tuned size (the paper's "stochasticity" explanation) does the same
+Claims that need converged learners are untestable (no verdict) unless every control run plateaued within the
+first half of training (the report's Convergence section states the rule).
+And, read off the paired difference curve (not part of a Holm family):
   H-late       HAT's benefit appears only after about 0.5 epochs: the lower 95% CI bound of the
                paired validation difference turns positive, and stays so, at or after 0.5 epochs
 Also reported: epochs and wall-clock seconds to reach a target validation accuracy.
@@ -45,11 +50,13 @@ def hypotheses(s: Setup) -> list[Hypothesis]:
     return [
         Hypothesis("H-faster", "HAT trains faster (validation AUC over the first epoch)", "hat", "greater",
                    metric="val_auc"),
-        Hypothesis("H-asymptote", "HAT reaches a better asymptote (final test accuracy)", "hat", "greater"),
-        Hypothesis("H-stable", "HAT is more stable after convergence (std of the last 3 validation accuracies)",
-                   "hat", "less", metric="val_std_last"),
+        Hypothesis("H-asymptote", "HAT reaches a better asymptote (final test accuracy)", "hat", "greater",
+                   needs_convergence=True),
+        Hypothesis("H-decline", "HAT drops more from its plateau than the control (the paper: it does not)", "hat",
+                   "greater", metric="val_drop", needs_convergence=True),
         Hypothesis("X-noise-faster", "noise of tuned size trains faster", "noise", "greater", metric="val_auc"),
-        Hypothesis("X-noise-asymptote", "noise of tuned size reaches a better asymptote", "noise", "greater"),
+        Hypothesis("X-noise-asymptote", "noise of tuned size reaches a better asymptote", "noise", "greater",
+                   needs_convergence=True),
     ]
 
 
@@ -112,6 +119,15 @@ def time_to_target_table(results: dict, arms: list[str], seeds: list[int]) -> tu
     return stats.format_table(rows), target
 
 
+def no_decline_verdict(decline: str) -> str:
+    """H-no-decline from the verdict of H-decline (non-inferiority: "no decline" needs the drop shown small)."""
+    if decline == stats.UNTESTABLE:
+        return stats.UNTESTABLE
+    if stats.shown_below_margin(decline):
+        return stats.SUPPORTED
+    return stats.REFUTED if decline == stats.SUPPORTED else stats.INCONCLUSIVE
+
+
 def sections(s: Setup, o: Outcome) -> Sections:
     ctx, seeds = s.ctx, s.seeds
     curves = {a: difference_curve(o.results, a, seeds) for a in ("hat", "noise")}
@@ -125,7 +141,12 @@ def sections(s: Setup, o: Outcome) -> Sections:
                    "inconclusive if it never happens; a CI reading, not Holm-corrected; diverged runs (hat/control: "
                    f"{'/'.join(map(str, n_diverged(o.results, 'hat', seeds)))}) kept, every evaluation scored as "
                    f"{analysis.METRICS['val_auc'].failure:g}")
-    return Sections(after=["## Benefit along training", "", late, "",
+    decline = next(c for h, c in zip(o.hypotheses, o.comps) if h.key == "H-decline")
+    no_decline = Verdict("H-no-decline", no_decline_verdict(decline.verdict), "HAT does not decline after convergence",
+                         f"H-decline {decline.verdict}; rule: supported if H-decline is refuted or negligible (its drop "
+                         "is shown not to exceed the control's by the margin), refuted if H-decline is supported, "
+                         "untestable without converged learners, otherwise inconclusive")
+    return Sections(after=["## Benefit along training", "", no_decline, late, "",
                            f"Time to reach {TARGET_FRACTION:.0%} of the control's mean final validation accuracy "
                            f"({report.fmt(target)}%):", "", table, "", *report.figure_block([fig], ctx.out), ""],
                     files=[fig])

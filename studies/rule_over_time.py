@@ -13,7 +13,8 @@ Hypotheses (the paper's words):
       control): H1-snap@t, snap@t > control, for every t. H1 is SUPPORTED if some early snapshot (t <= 0.5
       epochs; the first one if none is that early) is supported and the benefit snap@t - control decreases
       with t (`stats.trend_test` over log t, seed as random effect: slope < 0, p < 0.05); REFUTED if the slope
-      is significantly positive, or every early snapshot is refuted; INCONCLUSIVE otherwise.
+      is significantly positive, or every early snapshot is refuted; INCONCLUSIVE otherwise; UNTESTABLE (no
+      verdict) unless the learners converged (the report's Convergence section).
   H3  "the useful rule is transient: a different one at each time". Family B (Holm): H3-replay>snap@t, replay
       > snap@t, for every t. H3 is SUPPORTED if every comparison of family B is supported, REFUTED if any is
       refuted, INCONCLUSIVE otherwise. Also reported: replay against the control (H3-replay>control, in
@@ -43,7 +44,7 @@ from studies.lib.arms import Arm, control_arm, rule_arm
 from studies.lib.figures import plot_benefit
 from studies.lib.protocol import Outcome, Sections, Setup, Study
 from studies.lib.rule_inputs import run_length
-from studies.lib.rule_time import TIMES, benefits, best_snapshot, distance_section, merge_same_step, snapshot_times
+from studies.lib.rule_time import TIMES, benefits, best_snapshot, distance_section, run_times
 from studies.lib.verdicts import Verdict
 
 EARLY_EPOCH = 0.5  # H1: snapshots taken at t <= this are "early"
@@ -52,12 +53,7 @@ DEFAULTS = {"snapshot_epochs": ()}  # phase-2 runs save nothing; phase 1 sets it
 
 def phase1(s: Setup) -> tuple[tuple[float, ...], str]:
     """The snapshot times of this run's length, and a sentence saying how they were chosen."""
-    spe, total = run_length(s.ctx.base, s.ctx.data)
-    wanted, how = snapshot_times(s.ctx.base.epochs, s.args.times, s.args.time_mode)
-    times, merged = merge_same_step(wanted, spe, total)
-    if merged:
-        how += f"; {', '.join(f'{t:g}' for t in merged)} fell on the same training step as a later time and were merged"
-    return times, how
+    return run_times(s.ctx.base, s.ctx.data, s.args.times, s.args.time_mode)
 
 
 def arm_name(t: float) -> str:
@@ -137,9 +133,10 @@ def h1_section(s: Setup, o: Outcome) -> tuple[list, object]:
              "95% t-CI": "[{:+.2f}, {:+.2f}]".format(*stats.mean_ci_t(row)[1:]),
              "Holm p": by_key[f"H1-{arm_name(t)}"].p_holm, "verdict": by_key[f"H1-{arm_name(t)}"].verdict}
             for t, row in zip(ts, b)]
-    h1 = Verdict("H1", h1_verdict(early_v, trend["coef"], trend["p"]),
+    conv = o.convergence.get("converged", False)
+    h1 = Verdict("H1", h1_verdict(early_v, trend["coef"], trend["p"]) if conv else stats.UNTESTABLE,
                  "M learns a useful rule early and degenerates once L converges",
-                 f"early snapshots t <= {EARLY_EPOCH:g}: {', '.join(f'{arm_name(t)} {v}' for t, v in zip(early, early_v))}; "
+                 ("" if conv else "not testable: the learners had not converged (see Convergence); ") + f"early snapshots t <= {EARLY_EPOCH:g}: {', '.join(f'{arm_name(t)} {v}' for t, v in zip(early, early_v))}; "
                  f"log-t slope {report.fmt(trend['coef'], '+.3g')}, p = {report.fmt(trend['p'], '.3g')}; rule: supported "
                  "if some early snapshot is supported (Holm, family A) and the slope is negative with p < 0.05; refuted "
                  "if the slope is significantly positive or every early snapshot is refuted; otherwise inconclusive")

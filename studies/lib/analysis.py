@@ -24,6 +24,13 @@ class Hypothesis:
     direction: str  # "greater": the arm's metric is larger than the control's; "less": smaller
     control: str = "control"  # the arm it is paired with
     metric: str = "test_acc"  # a key of METRICS
+    family: str = ""  # its Holm family; "" = by its key: "exploratory" for X-* claims, else "primary" (the paper's)
+    needs_convergence: bool = False  # a claim about the asymptote or after convergence: untestable unless converged
+
+    @property
+    def holm_family(self) -> str:
+        """The Holm family the claim is tested in (`family`, else by its key)."""
+        return self.family or ("exploratory" if self.key.startswith("X-") else "primary")
 
 
 def curve_xy(r: dict, key: str = "val_acc", x: str = "epoch"):
@@ -37,6 +44,12 @@ def _auc_first(r: dict, epochs: float = 1.0) -> float:
     x, y = curve_xy(r)
     keep = x <= epochs + 1e-9
     return stats.auc(x[keep], y[keep]) if keep.sum() >= 2 else float("nan")
+
+
+def _decline(r: dict) -> float:
+    from studies.lib import stats
+
+    return stats.decline_after_plateau(curve_xy(r)[1])
 
 
 def _stability(r: dict, last: int = 3) -> float:
@@ -65,6 +78,10 @@ METRICS = {  # per-run scalar metrics a hypothesis can compare
     "val_auc": Metric(_auc_first, 0.5, 10.0, ACC_UNIT, True),
     # std of validation accuracy over the last 3 evaluations (lower = stabler); diverged: the largest possible std
     "val_std_last": Metric(_stability, 0.25, STD_FAILURE, "points of std", False),
+    # drop of the smoothed validation accuracy from its plateau to the end (stats.decline_after_plateau; lower =
+    # no decline); undefined with fewer than stats.MIN_AFTER_PLATEAU evaluations after the plateau; diverged: the
+    # largest drop there is (from 100 to chance)
+    "val_drop": Metric(_decline, 0.5, 90.0, ACC_UNIT, False),
 }
 
 
@@ -118,18 +135,50 @@ def compare_one(results: dict, seeds: list[int], h: Hypothesis, margin: float | 
     return comp
 
 
-def compare_hypotheses(results: dict, seeds: list[int], hypotheses: list[Hypothesis], margin: float | None, n_boot: int):
-    """One family (studies.lib.stats.holm_family): every hypothesis's arm against its control, on its metric, with the
-    metric's margin and failure value (`margin`, i.e. Scale.margin, overrides the margin of accuracy metrics)."""
+def convergence(results: dict, seeds: list[int], arms: list[str]) -> dict:
+    """Whether the learners of `arms` (the controls) converged: every finished run's validation curve plateaued
+    within the first half of training (`studies.lib.stats.converged`); {"converged", "k" (runs converged), "n"
+    (finished runs), "rule"}. No finished run: not converged."""
     from studies.lib import stats
 
-    return stats.holm_family([compare_one(results, seeds, h, margin, n_boot, i) for i, h in enumerate(hypotheses)])
+    ok = [results[(a, s)] for a in arms for s in seeds if (a, s) in results and results[(a, s)]["status"] == "ok"
+          and results[(a, s)].get("curve")]
+    k = sum(stats.converged(*curve_xy(r)) for r in ok)
+    rule = (f"a learner has converged when its validation accuracy, as a moving mean of {stats.PLATEAU_SMOOTH} "
+            f"evaluations, gains less than {stats.PLATEAU_GAIN:g} points after some evaluation within the first "
+            f"{stats.PLATEAU_BY:.0%} of training; the learners of a study have converged when every finished "
+            f"control run has")
+    return {"converged": bool(ok) and k == len(ok), "k": int(k), "n": len(ok), "rule": rule}
+
+
+def compare_hypotheses(results: dict, seeds: list[int], hypotheses: list[Hypothesis], margin: float | None,
+                       n_boot: int, converged: bool = True):
+    """Every hypothesis's arm against its control, on its metric, with the metric's margin and failure value
+    (`margin`, i.e. Scale.margin, overrides the margin of accuracy metrics); Holm-corrected within each family
+    (`Hypothesis.holm_family`: the paper's claims apart from the exploratory ones, `studies.lib.stats.holm_family`).
+    Unless `converged`, the claims that need convergence are left out of their families and judged untestable.
+    The comparisons come back in the order of `hypotheses`."""
+    import dataclasses
+
+    from studies.lib import stats
+
+    raw = [compare_one(results, seeds, h, margin, n_boot, i) for i, h in enumerate(hypotheses)]
+    out: list = [None] * len(raw)
+    testable = [converged or not h.needs_convergence for h in hypotheses]
+    for fam in dict.fromkeys(h.holm_family for h in hypotheses):
+        idx = [i for i, h in enumerate(hypotheses) if h.holm_family == fam and testable[i]]
+        for i, c in zip(idx, stats.holm_family([raw[i] for i in idx])):
+            out[i] = c
+    for i in [i for i, ok in enumerate(testable) if not ok]:
+        out[i] = dataclasses.replace(stats.holm_family([raw[i]])[0], verdict=stats.UNTESTABLE, family=0)
+    return out
 
 
 def verdicts(hypotheses: list[Hypothesis], comps) -> list[Verdict]:
     """One `Verdict` per hypothesis of a compared family (the paired comparison's word, difference and CI)."""
     return [Verdict(h.key, c.verdict, h.text,
-                    f"{h.metric}: Δ = {c.mean_diff:+.2f} {METRICS[h.metric].unit}, 95% CI [{c.ci_lo:+.2f}, {c.ci_hi:+.2f}], "
+                    ("not testable: the learners had not converged (see Convergence); " if c.verdict == "untestable"
+                     else f"{h.holm_family} family of {c.family}; ") + f"{h.metric}: Δ = {c.mean_diff:+.2f} {METRICS[h.metric].unit}, 95% CI [{c.ci_lo:+.2f}, {c.ci_hi:+.2f}], "
                     f"margin {c.margin:g}, n = {c.n}, {c.n_failed_arm}/{c.n_failed_control} diverged, {c.n_missing} missing, "
                     f"Holm p below margin = {c.p_below_holm:.3g}, Holm p = {c.p_holm:.3g}",
                     metric=h.metric, diff=c.mean_diff, ci=(c.ci_lo, c.ci_hi))
@@ -141,7 +190,8 @@ def comparison_table(comps, hypotheses: list[Hypothesis]) -> str:
 
     rows = []
     for h, c in zip(hypotheses, comps):
-        rows.append({"hypothesis": h.key, "arm": c.arm, "metric": h.metric, "claim": f"{c.direction} than {h.control}",
+        rows.append({"hypothesis": h.key, "family": f"{h.holm_family} ({c.family})", "arm": c.arm, "metric": h.metric,
+                     "claim": f"{c.direction} than {h.control}",
                      "n": c.n, "failed (arm/ctl)": f"{c.n_failed_arm}/{c.n_failed_control}", "missing": c.n_missing,
                      "Δ": c.mean_diff, "95% CI": f"[{c.ci_lo:+.2f}, {c.ci_hi:+.2f}]", "margin": c.margin,
                      "p effect": c.p_t, "Holm p effect": c.p_holm, "p below margin": c.p_below,

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from hat.train import bad_input
 from studies.lib import progress, report
-from studies.lib.analysis import Hypothesis
+from studies.lib.analysis import Hypothesis, convergence
 from studies.lib.arms import Arm
 from studies.lib.cli import build_parser, make_context
 from studies.lib.context import Context, snapshots_from_dir
@@ -86,6 +86,7 @@ class Outcome:
     results: dict[tuple[str, int], dict]
     hypotheses: list[Hypothesis] = field(default_factory=list)
     comps: list = field(default_factory=list)
+    convergence: dict = field(default_factory=dict)  # `analysis.convergence` of the control arms
     extra: dict = field(default_factory=dict)
 
 
@@ -180,9 +181,11 @@ def run(study: Study, argv: list[str] | None = None) -> int:
         study.derive(setup, outcome)
     outcome.hypotheses = study.hypotheses(setup)
     body, files = [], []
+    outcome.convergence = convergence(outcome.results, setup.seeds, report.control_arms(outcome.arms))
     if study.compare:
         body, files, outcome.comps = report.comparison_sections(ctx, outcome.arms, outcome.tuned, outcome.results,
-                                                                setup.seeds, outcome.hypotheses)
+                                                                setup.seeds, outcome.hypotheses,
+                                                                convergence=outcome.convergence)
     own = study.sections(setup, outcome) if study.sections is not None else Sections()
     report.finish_report(ctx, study.title, study.doc, own.before + body + own.after, files + own.files, study.legend)
     return 0

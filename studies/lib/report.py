@@ -178,6 +178,8 @@ LEGEND = {
     "meaning": "what the setting does",
     # summary / verdicts
     "hypothesis": "the claim's short id (H-*: a hypothesis of the paper; X-*: exploratory)",
+    "family": "the Holm family the claim is tested in (primary: the paper's claims; exploratory: the X-* claims), "
+              "with its number of claims",
     "claim": "what is tested, in the paper's words where it has them",
     "verdict": "the decision of the verdict rule above: supported, negligible, refuted or inconclusive",
     # arms
@@ -561,16 +563,36 @@ def tuning_text(scale) -> str:
                    "optimizer and learning rate.")
 
 
+def control_arms(arms: list[Arm]) -> list[str]:
+    """The arms without a local rule (the backprop controls), whose learners the convergence check reads."""
+    return [a.name for a in arms if a.overrides.get("rule") == "none"]
+
+
+def convergence_section(conv: dict) -> list[str]:
+    """The report's convergence check: the rule, how many control runs converged, what it means for the claims."""
+    held = ("the learners converged: claims about the asymptote and after convergence get verdicts" if conv["converged"]
+            else "the learners had NOT converged: claims about the asymptote and after convergence are untestable "
+                 "here (no verdict; left out of their Holm families)")
+    return ["## Convergence", "", f"Rule: {conv['rule']}. Control runs converged: {conv['k']} of {conv['n']} finished; "
+            f"{held}.", ""]
+
+
 def comparison_sections(ctx: Context, arms: list[Arm], tuned: dict[str, dict], results: dict, seeds: list[int],
-                        hypotheses: list[Hypothesis], tag: str = "") -> tuple[list[str], list[Path], list]:
-    """The standard report body: arms, comparisons, verdicts, tuning, figures, per-seed CSVs."""
+                        hypotheses: list[Hypothesis], tag: str = "", convergence: dict | None = None
+                        ) -> tuple[list[str], list[Path], list]:
+    """The standard report body: convergence, arms, comparisons, verdicts, tuning, figures, per-seed CSVs.
+    `convergence`: `analysis.convergence` of the control arms (computed here when None)."""
+    from studies.lib.analysis import convergence as convergence_of
     from studies.lib.figures import arm_colors, plot_differences, plot_learning_curves
 
     names = [a.name for a in arms]
     reference, controls = curve_references(names, hypotheses)
     colors = arm_colors(names, controls or "control")
     acc = accuracy_matrix(results, names, seeds)
-    comps = compare_hypotheses(results, seeds, hypotheses, ctx.scale.margin, ctx.scale.n_boot)
+    conv = convergence or convergence_of(results, seeds, control_arms(arms))
+    comps = compare_hypotheses(results, seeds, hypotheses, ctx.scale.margin, ctx.scale.n_boot, conv["converged"])
+    if ctx.tracker is not None and ctx.parent_id:
+        ctx.tracker.run(ctx.parent_id).set_tags({"converged": str(conv["converged"]).lower()})
     log_arm_summaries(ctx, hypotheses, comps, acc)
     suffix = f"_{tag}" if tag else ""
     files = [write_results_csv(results, ctx.out / f"results{suffix}.csv"),
@@ -592,10 +614,13 @@ def comparison_sections(ctx: Context, arms: list[Arm], tuned: dict[str, dict], r
     tune_lines, tune_files = tuning_section(ctx, arms, tuned, colors, suffix)
     files += tune_files
     sections = [
+        *convergence_section(conv),
         "## Arms", "", f"Final seeds: {seeds[0]}..{seeds[-1]} (paired: seed s shares learner init and data order "
         "across arms). Test accuracy at the end of training, in percent. " + tuning, "",
         arm_table(acc, tuned), "",
-        "## Comparisons with the control (one Holm family)", "", comparison_table(comps, hypotheses), "",
+        "## Comparisons with the control (Holm within each family)", "",
+        "The paper's claims form the primary family; exploratory claims (X-*) a family of their own.", "",
+        comparison_table(comps, hypotheses), "",
         "## Verdicts", "", *verdicts(hypotheses, comps), "",
         "## Figures", "", *figure_block([fig_curves, fig_diffs], ctx.out), "",
         *tune_lines,

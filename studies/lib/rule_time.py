@@ -2,6 +2,7 @@
 
     snapshot_times       the paper's times fitted to a run's length (keep or scale)
     merge_same_step      times that fall on one training step merged, as the trainer does
+    run_times            both, for a run's config and data
     functional_distance  mean |R_A − R_B| over a sample of the inputs rules see (`studies.lib.rule_inputs`)
     distances_over_time  per phase-1 run: the rule's scale, its distance to the previous and to the final snapshot
     distance_section     the report section of those distances, with a change point and its figure
@@ -132,3 +133,16 @@ def best_snapshot(results: dict, tuned: dict, names: list[str], seeds: list[int]
         return float(np.mean(stats.fill_failures(v)[0]))
 
     return max(names, key=val), "mean validation accuracy over the final seeds (no tuning)"
+
+
+def run_times(cfg, data, times=TIMES, mode: str = "keep") -> tuple[tuple[float, ...], str]:
+    """The snapshot times a run of `cfg` on `data` takes (`snapshot_times`, then `merge_same_step`), and a sentence
+    saying how they were chosen."""
+    from studies.lib.rule_inputs import run_length
+
+    spe, total = run_length(cfg, data)
+    wanted, how = snapshot_times(cfg.epochs, times, mode)
+    kept, merged = merge_same_step(wanted, spe, total)
+    if merged:
+        how += f"; {', '.join(f'{t:g}' for t in merged)} fell on the same training step as a later time and were merged"
+    return kept, how

@@ -46,6 +46,8 @@ __all__ = [
     "bootstrap_ci",
     "cohens_dz",
     "compare",
+    "converged",
+    "decline_after_plateau",
     "fill_failures",
     "first_sustained_crossing",
     "format_table",
@@ -53,8 +55,10 @@ __all__ = [
     "holm_family",
     "mean_ci_t",
     "mixed_effects_interaction",
+    "moving_mean",
     "paired_differences",
     "paired_ttest",
+    "plateau_index",
     "power_one_sided",
     "prob_improvement",
     "seeds_for_power",
@@ -69,6 +73,10 @@ __all__ = [
 FAILURE_VALUE: float = 10.0  # accuracy (points) a diverged run is scored as: chance on 10 classes
 DEFAULT_MARGIN: float = 0.5  # equivalence / minimal-effect margin, in accuracy points
 ALPHA: float = 0.05  # family-wise significance level
+PLATEAU_GAIN: float = 0.5  # points: after its plateau a curve's smoothed value gains less than this
+PLATEAU_SMOOTH: int = 3  # evaluations in the moving mean the plateau criterion reads
+PLATEAU_BY: float = 0.5  # converged: the plateau is reached within this fraction of training (the rest after it)
+MIN_AFTER_PLATEAU: int = 10  # evaluations after the plateau a decline is measured over
 
 _ALTERNATIVES = ("two-sided", "greater", "less")
 _DIRECTIONS = ("greater", "less")
@@ -342,6 +350,7 @@ def seeds_for_power(sd: float, margin: float = DEFAULT_MARGIN, power: float = 0.
 
 SUPPORTED, NEGLIGIBLE, REFUTED, INCONCLUSIVE = "supported", "negligible", "refuted", "inconclusive"
 VERDICTS = (SUPPORTED, NEGLIGIBLE, REFUTED, INCONCLUSIVE)
+UNTESTABLE = "untestable"  # no verdict: a claim about converged learners on learners that had not converged
 
 VERDICT_RULE = f"""\
 Verdict rule. Each claim says "arm is {{greater|less}} than control" on one metric; d = arm - control per seed
@@ -352,12 +361,18 @@ two one-sided paired t-tests against the two ends of the interval [0, delta]:
   p_t      H0: effect <= 0      (rejected: the effect is in the claimed direction)
   p_below  H0: effect >= delta  (rejected: the effect is smaller than the margin, or opposite)
 All 2m p-values of a family of m claims are Holm-adjusted together (statsmodels multipletests, alpha = {ALPHA:g}):
-p_holm and p_below_holm. Then:
+p_holm and p_below_holm. The paper's claims form the primary family; exploratory claims (X-*) form a family of
+their own, and a study's further families (named in its report) are adjusted apart; every verdict line names its
+family. Then:
   supported    p_holm < alpha and p_below_holm >= alpha  (an effect in the claimed direction, not shown negligible)
   negligible   p_holm < alpha and p_below_holm < alpha   (a real effect, smaller than the margin)
   refuted      p_holm >= alpha and p_below_holm < alpha  (no effect of the margin's size: equal, smaller or opposite)
   inconclusive otherwise; also whenever a p-value is undefined: fewer than 2 pairs, or zero variance of d.
 A claim of "no effect" holds when the verdict of the corresponding effect claim is refuted or negligible.
+A claim about the asymptote or about learners after convergence gets a verdict only where the study's control
+learners converged (every finished control run's validation curve, as a moving mean of {PLATEAU_SMOOTH}
+evaluations, gains less than {PLATEAU_GAIN:g} points after some evaluation within the first {PLATEAU_BY:.0%} of
+training); elsewhere it is "untestable" and left out of its family's Holm adjustment.
 The 95% t interval of mean(d), Wilcoxon (two-sided), d_z, P(improvement) and the two-sided TOST p-value
 (H0: |mean(d)| >= delta, unadjusted) are reported but do not enter the verdict. "Seeds needed": paired seeds
 for 80% power of these tests at the observed sd of d (one-sided, level alpha / 2m, noncentral t).
@@ -532,6 +547,47 @@ def first_sustained_crossing(x: Any, lo: Any) -> float:
     if last_bad == xa.size - 1:
         return math.nan
     return float(xa[last_bad + 1])
+
+
+def moving_mean(y: Any, k: int = PLATEAU_SMOOTH) -> np.ndarray:
+    """(n - k + 1,) means of k consecutive values; element i covers y[i : i + k]."""
+    ya = _as_1d(y, "y")
+    if ya.size < k:
+        return np.array([])
+    c = np.cumsum(np.concatenate([[0.0], ya]))
+    return (c[k:] - c[:-k]) / k
+
+
+def plateau_index(y: Any, gain: float = PLATEAU_GAIN, k: int = PLATEAU_SMOOTH) -> int | None:
+    """The first evaluation at which the curve has plateaued: the end (index into y) of the first window of k
+    evaluations whose mean is never exceeded by more than `gain` by any later window's mean; None if y has fewer
+    than k values. The last window always qualifies, so a rising curve plateaus only at its end."""
+    m = moving_mean(y, k)
+    if m.size == 0:
+        return None
+    later_max = np.maximum.accumulate(m[::-1])[::-1]  # (n - k + 1,): max of m[i:]
+    i = int(np.flatnonzero(later_max <= m + gain)[0])
+    return i + k - 1
+
+
+def converged(x: Any, y: Any, by: float = PLATEAU_BY, gain: float = PLATEAU_GAIN, k: int = PLATEAU_SMOOTH) -> bool:
+    """Whether the curve y(x) plateaued (`plateau_index`) within the first `by` of its x-range, so that at least
+    1 - by of it lies after the plateau."""
+    xa, ya = _check_curve(x, y)
+    i = plateau_index(ya, gain, k)
+    return i is not None and xa[i] <= xa[0] + by * (xa[-1] - xa[0]) + 1e-12
+
+
+def decline_after_plateau(y: Any, gain: float = PLATEAU_GAIN, k: int = PLATEAU_SMOOTH,
+                          min_after: int = MIN_AFTER_PLATEAU) -> float:
+    """The drop from the curve's plateau to its end: max over the smoothed curve from the plateau on, minus its
+    last smoothed value (>= 0); NaN when fewer than `min_after` evaluations follow the plateau."""
+    ya = _as_1d(y, "y")
+    i = plateau_index(ya, gain, k)
+    if i is None or ya.size - 1 - i < min_after:
+        return math.nan
+    m = moving_mean(ya, k)[i - k + 1:]
+    return float(m.max() - m[-1])
 
 
 def time_to_target(x: Any, y: Any, target: float) -> float:
