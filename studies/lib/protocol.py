@@ -31,9 +31,10 @@ from hat.train import bad_input
 from studies.lib import progress, report
 from studies.lib.analysis import Hypothesis, convergence
 from studies.lib.arms import Arm
-from studies.lib.cli import build_parser, make_context
+from studies.lib.cli import build_parser, make_context, run_command
 from studies.lib.context import Context, snapshots_from_dir
 from studies.lib.phases import PHASE1_SEED_BASE, snapshot_paths, train_meta_learners, tune_and_replicate
+from studies.lib.scale import TRAIN_OVERRIDES
 
 
 @dataclass
@@ -127,8 +128,8 @@ class Study:
     legend: dict[str, str] = field(default_factory=dict)  # its own report columns
 
     def main(self, argv: list[str] | None = None) -> int:
-        """The study's entry point: `run(self, argv)`."""
-        return run(self, argv)
+        """The study's entry point: `run(self, argv)`, with SIGTERM handled as Ctrl-C (`cli.run_command`)."""
+        return run_command(lambda: run(self, argv))
 
 
 def parser(study: Study) -> argparse.ArgumentParser:
@@ -152,7 +153,8 @@ def run(study: Study, argv: list[str] | None = None) -> int:
     problem = study.check(args) if study.check is not None else None
     if problem:  # one `error:` line, exit status 2, before anything is written
         raise bad_input(problem)
-    defaults = study.defaults(args) if callable(study.defaults) else study.defaults
+    defaults = {**TRAIN_OVERRIDES.get(args.preset, {}),
+                **(study.defaults(args) if callable(study.defaults) else study.defaults)}
     ctx = make_context(study.name, args, defaults)
     setup = Setup(ctx, args, list(range(ctx.scale.seeds)))
     reuse = getattr(args, "snapshots", None)

@@ -27,7 +27,7 @@ from studies.lib.analysis import (
 )
 from studies.lib.arms import Arm
 from studies.lib.context import Context
-from studies.lib.tuning import CONDITIONAL, TUNING_SEED_BASE
+from studies.lib.tuning import CONDITIONAL, PRUNE_MIN_EPOCH, PRUNE_MIN_FRACTION, TUNING_SEED_BASE
 
 
 def write_results_csv(results: dict[tuple[str, int], dict], path: Path) -> Path:
@@ -552,7 +552,8 @@ def tuning_text(scale) -> str:
     if scale.trials == 0:
         return "Tuning skipped (`--trials 0`): every arm uses the preset's values."
     text = (f"Tuning design `{scale.design}`. Every arm was tuned with {scale.trials} Optuna trials (TPE, seed "
-            f"{scale.sampler_seed}, median pruner) on the validation split, objective = mean validation accuracy "
+            f"{scale.sampler_seed}, median pruner, never before the later of {PRUNE_MIN_EPOCH:g} epoch and "
+            f"{PRUNE_MIN_FRACTION:.0%} of the run) on the validation split, objective = mean validation accuracy "
             f"over {scale.tuning_seeds} tuning seed(s) (seeds {TUNING_SEED_BASE}+, disjoint from the final seeds). ")
     if scale.design == "marginal":
         return text + ("Controls (arms without a rule) tune the learner's optimizer and learning rate; every other "

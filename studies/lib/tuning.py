@@ -151,6 +151,15 @@ def _claim_slot(study, storage, n: int, starts: list[dict]):
             return trial, s
 
 
+PRUNE_MIN_EPOCH = 0.5  # a trial is never pruned before this epoch (the paper's onset of HAT's benefit) ...
+PRUNE_MIN_FRACTION = 0.5  # ... nor before this fraction of its run (the later of the two)
+
+
+def prune_from(cfg) -> float:
+    """The epoch of a tuning run before which the median pruner may not stop its trial."""
+    return max(PRUNE_MIN_EPOCH, PRUNE_MIN_FRACTION * cfg.epochs)
+
+
 def tune_arm(ctx, arm, warm: dict | None = None) -> dict:
     """Tune one arm; returns {"params": best params, "value": best mean val acc, "trials": n}.
 
@@ -198,7 +207,7 @@ def tune_arm(ctx, arm, warm: dict | None = None) -> dict:
                     return
                 trial.report(ev["val_acc"], step)
                 step += 1
-                if trial.should_prune():
+                if (k > 0 or ev["epoch"] >= prune_from(cfg)) and trial.should_prune():
                     stop = optuna.TrialPruned()
                     stop.run_status = "pruned"  # hat.trainer: the run ends FINISHED, tagged pruned (not KILLED)
                     raise stop
