@@ -266,7 +266,9 @@ def test_compare_one_fills_diverged_and_drops_missing(monkeypatch):
     assert A.STD_FAILURE == pytest.approx(np.std([0.0, 100.0, 100.0], ddof=1))
     assert c.mean_diff == pytest.approx(d.mean(), rel=1e-12)
     assert c.failure_value == pytest.approx(A.STD_FAILURE) and c.margin == 0.25
-    assert c.p_t == pytest.approx(sps.ttest_1samp(d, 0.0, alternative="less").pvalue, rel=1e-10)
+    assert c.method == "bootstrap-t"  # a diverged run among the pairs: the studentized bootstrap's p-values
+    boot = S.bootstrap_t(d, n_boot=10000, random_state=0, nulls=(0.0,))
+    assert c.p_t == pytest.approx(boot["p_less"][0.0], rel=1e-10)
     # test_acc: the diverged run scores 10, nothing missing
     h2 = A.Hypothesis("H-acc", "hebb is better", "hebb", "greater")
     c2 = A.compare_one(res, seeds, h2)

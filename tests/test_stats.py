@@ -227,6 +227,24 @@ CONTROL = np.array([80.1, 79.4, 81.0, 80.6, 79.8, 80.3, 80.9, 79.7, 80.2, 80.5])
 NOISE = np.array([0.3, -0.2, 0.1, -0.4, 0.2, 0.0, -0.1, 0.4, -0.3, 0.1])
 
 
+def _bootstrap_t_by_hand(d, n_boot, seed, nulls):
+    """The studentized bootstrap, one resample at a time (the same resamples as stats.bootstrap_t draws)."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(d), size=(n_boot, len(d)))
+    m, se = d.mean(), d.std(ddof=1) / math.sqrt(len(d))
+    ts = []
+    for row in idx:
+        s = d[row]
+        s_se = s.std(ddof=1) / math.sqrt(len(d))
+        if s_se > 0:
+            ts.append((s.mean() - m) / s_se)
+    ts = np.array(ts)
+    lo_q, hi_q = np.quantile(ts, [0.025, 0.975])
+    return {"ci": (m - hi_q * se, m - lo_q * se),
+            "p_greater": {n0: (1 + sum(x >= (m - n0) / se for x in ts)) / (1 + len(ts)) for n0 in nulls},
+            "p_less": {n0: (1 + sum(x <= (m - n0) / se for x in ts)) / (1 + len(ts)) for n0 in nulls}}
+
+
 def test_compare_fields_match_independent_computations():
     arm = CONTROL + 1.0 + NOISE
     arm_nan = arm.copy()
@@ -238,8 +256,16 @@ def test_compare_fields_match_independent_computations():
     assert (c.arm, c.control, c.n, c.n_failed_arm, c.n_failed_control) == ("hebb", "sgd", 10, 1, 0)
     assert c.mean_diff == pytest.approx(d.mean())
     ref = sps.ttest_1samp(d, 0.0, alternative="greater")
-    assert c.t == pytest.approx(ref.statistic) and c.p_t == pytest.approx(ref.pvalue)
-    assert c.p_t_opposite == pytest.approx(sps.ttest_1samp(d, 0.0, alternative="less").pvalue)
+    assert c.t == pytest.approx(ref.statistic)
+    # a diverged run among the pairs: the tests and the interval are the studentized bootstrap's
+    assert c.method == "bootstrap-t"
+    boot = _bootstrap_t_by_hand(d, 2000, 0, nulls=(0.0, 0.5))
+    assert c.p_t == pytest.approx(boot["p_greater"][0.0]) and c.p_t_opposite == pytest.approx(boot["p_less"][0.0])
+    assert c.p_below == pytest.approx(boot["p_less"][0.5])
+    assert (c.ci_lo, c.ci_hi) == pytest.approx(boot["ci"])
+    plain = S.compare(arm, CONTROL, direction="greater", n_boot=2000)  # no diverged run: the t test and interval
+    assert plain.method == "t" and plain.p_t == pytest.approx(
+        sps.ttest_1samp(arm - CONTROL, 0.0, alternative="greater").pvalue)
     assert c.p_wilcoxon == pytest.approx(sps.wilcoxon(d).pvalue)
     assert c.sd_diff == pytest.approx(np.std(d, ddof=1))
     assert c.ci_lo <= c.mean_diff <= c.ci_hi
