@@ -10,12 +10,14 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STORE = REPO_ROOT / "mlflow"
 EXPERIMENT = "hat"
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # the UI's kind: model training
 
 
 def tracking_uri(flag: str | None = None) -> str:
@@ -48,7 +50,11 @@ def check_mlflow():
 
 
 def writable_problem(folder: str | Path) -> str | None:
-    """None if `folder` exists as a writable folder or could be created; else why not (one line). Creates nothing."""
+    """None if `folder` exists as a writable folder or could be created; else why not (one line).
+
+    A real write decides (permission bits say nothing for root, nor for /proc or a read-only mount): a temporary
+    file is created and removed in the nearest folder that exists; the missing part of the path is checked against
+    the file system's name and path length limits. Leaves nothing behind."""
     folder = Path(folder).expanduser()
     p = folder
     while not p.exists():
@@ -57,17 +63,90 @@ def writable_problem(folder: str | Path) -> str | None:
         p = p.parent
     if p.exists() and not p.is_dir():
         return f"{folder} cannot be created: {p} is a file, not a folder"
-    if not os.access(p, os.W_OK | os.X_OK):
-        return f"{folder} cannot be written: {p} is not writable"
+    try:
+        name_max, path_max = os.pathconf(p, "PC_NAME_MAX"), os.pathconf(p, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        name_max, path_max = 255, 4096
+    long = [part for part in folder.relative_to(p).parts if len(os.fsencode(part)) > name_max]
+    if long:
+        return f"{folder} cannot be created: a folder name of {len(os.fsencode(long[0])):,} bytes (at most {name_max})"
+    if len(os.fsencode(str(folder.absolute()))) >= path_max:
+        return f"{folder} cannot be created: a path of over {path_max:,} bytes"
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".hat-write-test-", dir=p)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        return f"{folder} cannot be written: {p} does not accept new files ({e.strerror or e})"
     return None
 
 
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def sqlite_file_problem(path: str | Path) -> str | None:
+    """None if `path` is an SQLite database file, an empty file or missing (SQLite creates it); else why not."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        return f"{path} is a folder, not a database file"
+    if not path.exists():
+        return None
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(SQLITE_HEADER))
+    except OSError as e:
+        return f"{path} cannot be read ({e.strerror or e})"
+    if head and head != SQLITE_HEADER:
+        return f"{path} is not an SQLite database (a file of {path.stat().st_size:,} bytes)"
+    return None
+
+
+SERVER_TRIES, SERVER_TIMEOUT_S = 3, 5.0  # an unreachable tracking server is reported within ~20 s
+
+
+def server_problem(uri: str, tries: int = SERVER_TRIES, timeout: float = SERVER_TIMEOUT_S) -> str | None:
+    """None if the tracking server at http(s) `uri` answers (any HTTP status: it is there); else why not, after
+    `tries` attempts of at most `timeout` seconds each, one second apart."""
+    import urllib.error
+    import urllib.request
+
+    why = ""
+    for k in range(tries):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):
+                return None
+        except urllib.error.HTTPError:
+            return None  # it answered
+        except (OSError, ValueError) as e:
+            reason = getattr(e, "reason", e)
+            why = getattr(reason, "strerror", None) or str(reason) or type(e).__name__
+        if k < tries - 1:
+            time.sleep(1.0)
+    return f"no tracking server answers there ({why}; {tries} tries)"
+
+
 def check_tracking_uri(uri: str) -> str:
-    """TrackingError unless the folder of a sqlite:/// store can be written."""
+    """TrackingError unless the store at `uri` can be used: the folder of a sqlite:/// store can be written and its
+    file, if it exists, is an SQLite database; an http(s):// server answers (bounded retries). Writes nothing."""
     if uri.startswith("sqlite:///"):
-        problem = writable_problem(Path(uri[len("sqlite:///"):]).parent)
+        path = Path(uri[len("sqlite:///"):])
+        problem = sqlite_file_problem(path) or writable_problem(path.parent)
         if problem:
-            raise TrackingError(f"--tracking-uri {uri}: {problem}")
+            raise TrackingError(f"--tracking-uri {uri}: {problem}; expected sqlite:///<file> (an MLflow database, "
+                                "or none yet) or a tracking server's http(s):// URL")
+    elif uri.startswith("sqlite:"):
+        raise TrackingError(f"--tracking-uri {uri}: expected sqlite:///<file> (an in-memory store keeps nothing)")
+    elif uri.startswith(("http://", "https://")):
+        problem = server_problem(uri)
+        if problem:
+            raise TrackingError(f"--tracking-uri {uri}: {problem}; start the server (mlflow server) or use "
+                                "sqlite:///<file>")
+    return uri
+
+
+def use_tracking_uri(uri: str) -> str:
+    """Make `uri` MLflow's tracking URI in this process: the store that `runs:/` snapshot URIs are fetched from."""
+    check_mlflow().set_tracking_uri(uri)
     return uri
 
 
@@ -211,6 +290,10 @@ class Tracker:
                 self.experiment_id = self._create_experiment(experiment, location)
         else:
             self.experiment_id = exp.experiment_id
+            for k, v in EXPERIMENT_KIND.items():  # made before the suite set its kind; a failure is harmless
+                if k not in exp.tags:
+                    with contextlib.suppress(Exception):
+                        retry(lambda k=k, v=v: self.client.set_experiment_tag(self.experiment_id, k, v))
         if self.uri.startswith("sqlite:///"):
             with store_lock(self.uri):
                 self._retire_default_experiment()
@@ -237,7 +320,7 @@ class Tracker:
         if exp is not None:
             return exp.experiment_id
         try:
-            return self.client.create_experiment(name, artifact_location=location)
+            return self.client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
         except MlflowException as e:
             if e.error_code != "RESOURCE_ALREADY_EXISTS" and "already exists" not in str(e).lower():
                 raise

@@ -4,7 +4,8 @@ Every field of `hat.config.TrainConfig` is a flag (`--rule-params '{"c": 2}'`
 for dict fields, `--widths 784 100 10` for tuples). Logged to MLflow unless
 `--no-mlflow`. Exit status 0 for a finished run, 3 for a diverged one, 2 for bad
 input (one `error:` line on stderr naming the value and what is accepted; checked
-before anything is written or logged).
+before anything is written or logged), 130 after Ctrl-C and 143 after SIGTERM
+(the run ends KILLED in MLflow; one line on stderr).
 """
 
 from __future__ import annotations
@@ -12,8 +13,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
+import signal
 import sys
+import threading
 import typing
+from collections.abc import Callable
 from pathlib import Path
 
 from hat.config import PRESETS, TrainConfig
@@ -27,14 +32,35 @@ def _parse_bool(s: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean, got {s!r}")
 
 
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a finite number")
+
+
 def _parse_json_dict(s: str) -> dict:
     try:
-        v = json.loads(s)
+        v = json.loads(s, parse_constant=_no_constant)
     except json.JSONDecodeError as e:
         raise argparse.ArgumentTypeError(f"expected a JSON object, got {s!r} ({e})") from None
+    except ValueError as e:  # NaN, Infinity, -Infinity: JSON has no such numbers, and no rule parameter takes them
+        raise argparse.ArgumentTypeError(f"expected a JSON object of finite values, got {s!r} ({e})") from None
     if not isinstance(v, dict):
         raise argparse.ArgumentTypeError(f"expected a JSON object, got {s!r}")
     return v
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """The suite's argument parser: a command-line error is one `error:` line (no usage text) and exit status 2,
+    like every other bad input; a negative number in scientific notation (`--rate -1e300`, `-inf`) is a value,
+    not an unknown flag."""
+
+    NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = self.NEGATIVE_NUMBER  # argparse's own matcher misses -1e300
+
+    def error(self, message: str):
+        raise bad_input(f"{message} (see {self.prog} --help)")
 
 
 def _field_comments() -> dict[str, str]:
@@ -87,7 +113,7 @@ def config_from_args(args: argparse.Namespace, base: TrainConfig) -> TrainConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m hat.train", description=__doc__,
+    p = OneLineParser(prog="python -m hat.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="quick", choices=sorted(PRESETS), help="base configuration (default: quick)")
     p.add_argument("--data", default=None, help="Fashion-MNIST folder (default: $HAT_DATA or data/)")
@@ -100,6 +126,40 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 BAD_INPUT = 2  # exit status of a command given bad input (one line on stderr, nothing written)
+INTERRUPTED = {signal.SIGINT: 130, signal.SIGTERM: 143}  # exit status after Ctrl-C / SIGTERM: 128 + the signal
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (sent by `timeout`, SLURM, container runtimes), raised where Ctrl-C's KeyboardInterrupt would be, so
+    that it ends a run or a study the same way: its runs closed KILLED, its units released."""
+
+    signum = signal.SIGTERM
+
+
+def _raise_terminated(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    raise Terminated("SIGTERM")
+
+
+def interruptible(main: Callable[[], int], what: str, on_interrupt: Callable[[BaseException], None] | None = None
+                  ) -> int:
+    """main(), with SIGTERM handled as Ctrl-C is: an interrupt ends it with one line on stderr (after
+    on_interrupt(e), which closes what the interrupt left open) and the exit status 128 + signal (130, 143), never a
+    traceback. The previous SIGTERM handler is restored afterwards."""
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
+    try:
+        return main()
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        if on_interrupt is not None:
+            on_interrupt(e)
+        name = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C (SIGINT)"
+        print(f"interrupted: {name} stopped {what}", file=sys.stderr)
+        return INTERRUPTED[signum]
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def bad_input(e: BaseException | str) -> SystemExit:
@@ -149,7 +209,23 @@ def check_out(path: str | Path, flag: str = "--out") -> None:
         raise ConfigError(f"{flag} {path}: {problem}; expected a folder that can be created and written")
 
 
+def check_snapshot_epochs(cfg: TrainConfig) -> None:
+    """ConfigError for a snapshot time past the run's end (the trainer would skip it, saving nothing)."""
+    from hat.config import ConfigError
+
+    late = [e for e in cfg.snapshot_epochs if e > cfg.epochs]
+    if late:
+        raise ConfigError(f"--snapshot-epochs {' '.join(f'{e:g}' for e in cfg.snapshot_epochs)}: "
+                          f"{', '.join(f'{e:g}' for e in late)} past the run's end (--epochs {cfg.epochs:g}); "
+                          f"expected epochs in (0, {cfg.epochs:g}]")
+
+
 def main(argv: list[str] | None = None) -> int:
+    return interruptible(lambda: train_command(argv), "the run (its MLflow run, if any, ends KILLED)")
+
+
+def train_command(argv: list[str] | None = None) -> int:
+    """The command: parse, check every input, train, print one line; the exit status."""
     args = build_parser().parse_args(argv)
     from hat import config as hat_config
     from hat import data as hat_data
@@ -158,14 +234,15 @@ def main(argv: list[str] | None = None) -> int:
 
     try:  # every input checked before anything is written or logged
         cfg = config_from_args(args, hat_config.preset(args.preset)).validate()
-        check_rule(cfg)
+        check_snapshot_epochs(cfg)
         out = Path(args.out or f"runs/train/{cfg.rule}_seed{cfg.seed}")
         check_out(out)
-        if not args.no_mlflow:
-            from hat.tracking import check_mlflow, check_tracking_uri, tracking_uri
+        if not args.no_mlflow:  # before the rule: a runs:/ snapshot is fetched from this store
+            from hat.tracking import check_mlflow, check_tracking_uri, tracking_uri, use_tracking_uri
 
             check_mlflow()
-            check_tracking_uri(tracking_uri(args.tracking_uri))
+            use_tracking_uri(check_tracking_uri(tracking_uri(args.tracking_uri)))
+        check_rule(cfg)
         try:
             device = pick_device(cfg.device)
         except RuntimeError as e:

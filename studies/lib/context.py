@@ -204,6 +204,13 @@ def _excepthook(kind, value, tb):
     _PREVIOUS_HOOK[0](kind, value, tb)
 
 
+def interrupt_active(error: BaseException) -> None:
+    """An interrupt (Ctrl-C, SIGTERM) stopped this process's study: its parent run ends KILLED."""
+    for ctx in _ACTIVE:
+        ctx.fail_parent(error)
+    _ACTIVE.clear()
+
+
 def activate(ctx: Context) -> Context:
     """Make `ctx` this process's study: an uncaught error then ends its parent run FAILED (KILLED on Ctrl-C)."""
     _ACTIVE[:] = [ctx]

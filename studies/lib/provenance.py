@@ -7,7 +7,6 @@ read-only probes, each returning a string or a dict, never raising (a probe that
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import hashlib
 import os
@@ -17,11 +16,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from hat.train import OneLineParser
+
 PACKAGES = ("torch", "numpy", "optuna", "mlflow", "scipy", "statsmodels", "matplotlib")
 
 
-class CommandParser(argparse.ArgumentParser):
-    """An ArgumentParser that stores the command it parsed, `<prog> <argv...>` shell-quoted, as `args.command`."""
+class CommandParser(OneLineParser):
+    """The suite's ArgumentParser (`hat.train.OneLineParser`: one `error:` line for a bad command line) that stores
+    the command it parsed, `<prog> <argv...>` shell-quoted, as `args.command`."""
 
     def parse_known_args(self, args=None, namespace=None):
         ns, rest = super().parse_known_args(args, namespace)

@@ -26,7 +26,7 @@ a plain postgresql:// URL then uses psycopg 3). Queues are read and changed unde
 `db_lock`: a file lock beside a SQLite file, a PostgreSQL advisory lock otherwise.
 
 Interface: `open_storage(url)`, `run_units(storage, name, units, fn)`,
-`delete_studies(storage, prefix)`; `claim_trial`, `reclaim_dead`, `Heartbeat`,
+`stored_once(storage, name, key, value)`, `delete_studies(storage, prefix)`; `claim_trial`, `reclaim_dead`, `Heartbeat`,
 `storage_lock` and `unit_scope` for loops that pop trials themselves (tuning).
 """
 
@@ -50,6 +50,7 @@ from hat.tracking import STORE, ensure_sqlite_dir, retry, store_lock
 HEARTBEAT_S = 5  # a running unit records a heartbeat this often (env HAT_HEARTBEAT_S overrides)
 GRACE_S = 20  # a unit whose heartbeat is older than this is taken as dead and redone (env HAT_GRACE_S)
 POLL_S = 2.0  # seconds between looks at a queue whose rest runs in other workers
+CONNECT_TIMEOUT_S = 10  # a database server that does not answer a connection within this is reported unreachable
 
 
 def _env_int(name: str, default: int) -> int:
@@ -117,13 +118,16 @@ def check_storage_url(url: str) -> str:
         raise StorageError(f"--storage {given}: the database driver for {family} is not installed "
                            f"({getattr(e, 'name', None) or e}); install it: {DRIVER_HINTS.get(family, 'pip install <driver>')}"
                            ) from None
-    if family == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        folder = Path(parsed.database).parent
-        from hat.tracking import writable_problem
+    if family == "sqlite":
+        if parsed.database in (None, "", ":memory:") or parsed.database.startswith("file::memory:"):
+            raise StorageError(f"--storage {given}: an in-memory database ends with the process, so nothing could "
+                               "resume or share its work; expected sqlite:///<file>")
+        from hat.tracking import sqlite_file_problem, writable_problem
 
-        problem = writable_problem(folder)
+        problem = sqlite_file_problem(parsed.database) or writable_problem(Path(parsed.database).parent)
         if problem:
-            raise StorageError(f"--storage {url}: {problem}")
+            raise StorageError(f"--storage {given}: {problem}; expected sqlite:///<file> (an Optuna database, or none "
+                               "yet)")
     return url
 
 
@@ -134,6 +138,8 @@ def open_storage(url: str | None):
     given = url or default_storage()
     url = ensure_sqlite_dir(check_storage_url(given))
     kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    if url.startswith("postgresql"):  # an unreachable server is reported within seconds, not after the OS's minutes
+        kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
     from sqlalchemy.exc import OperationalError
 
     try:
@@ -146,10 +152,18 @@ def open_storage(url: str | None):
         if url.startswith("sqlite"):
             raise
         why = " ".join(str(getattr(e, "orig", None) or e).split())[:300]
-        from sqlalchemy.engine import make_url
+        raise StorageError(f"--storage {shown_url(given)}: cannot connect to the database ({why})") from None
 
-        shown = make_url(given).render_as_string(hide_password=True)
-        raise StorageError(f"--storage {shown}: cannot connect to the database ({why})") from None
+
+def shown_url(url: str) -> str:
+    """A storage URL as it may be printed: its password hidden."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
 
 
 ADVISORY_KEY = 0x4A7_5017E  # the PostgreSQL advisory lock of this suite's queues (any fixed bigint)
@@ -172,7 +186,8 @@ def db_lock(url: str):
 
     engine = _LOCK_ENGINES.get(url)
     if engine is None:
-        engine = _LOCK_ENGINES[url] = sa.create_engine(url, poolclass=sa.pool.NullPool)
+        engine = _LOCK_ENGINES[url] = sa.create_engine(url, poolclass=sa.pool.NullPool,
+                                                       connect_args={"connect_timeout": CONNECT_TIMEOUT_S})
     with engine.connect() as conn:
         conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": ADVISORY_KEY})
         conn.commit()
@@ -196,11 +211,33 @@ def lock_is_global(storage) -> bool:
 @contextlib.contextmanager
 def claiming(study, storage):
     """Where a worker claims work in `study`: under the store lock, with the trials of dead workers reclaimed first
-    (the queue's pop and tuning's slot claim both start here)."""
+    and, once per start of the study, the runs of failed units closed (the queue's pop and tuning's slot claim both start
+    here)."""
     with warnings.catch_warnings(), storage_lock(storage):
         warnings.simplefilter("ignore")  # heartbeat outside Study.optimize is what we want here
         reclaim_dead(study, storage, locked=lock_is_global(storage))
+        if study.study_name not in _SWEPT:
+            _SWEPT.add(study.study_name)
+            close_failed_runs(study)
         yield
+
+
+_SWEPT: set[str] = set()  # the queues whose failed units this study start has looked at (close_failed_runs)
+
+
+def close_failed_runs(study) -> list[str]:
+    """Close the MLflow runs of failed units (trials in state FAIL) that are still RUNNING as KILLED; their ids.
+
+    A unit stopped by an error or an interrupt fails its trial and its worker closes its runs, unless the tracking
+    store failed too (read-only, unreachable): such a run would stay RUNNING for good, as no later worker redoes
+    that trial (its unit gets a new one)."""
+    TS = states()
+    closed = []
+    for t in study.get_trials(deepcopy=False, states=(TS.FAIL,)):
+        if "worker" in t.user_attrs:  # claimed by a worker: it may have started runs
+            closed += close_unit_runs(study.study_name, t, "its unit failed and the run could not be closed then",
+                                      every_run=False)
+    return closed
 
 
 class Heartbeat:
@@ -320,15 +357,20 @@ _TRACKING_URI: list[str | None] = [None]  # the tracking URI of this process's s
 
 
 def set_tracking_uri(uri: str | None) -> None:
+    """A study starts in this process with this tracking URI: its queues' failed units are looked at again."""
     _TRACKING_URI[0] = uri
+    _SWEPT.clear()
 
 
 def unit_tag(study_name: str, number: int) -> str:
     return f"{study_name}#{number}"
 
 
-def close_unit_runs(study_name: str, trial) -> list[str]:
-    """Close the MLflow runs of a dead unit that are still RUNNING as KILLED; returns their ids.
+def close_unit_runs(study_name: str, trial, reason: str = "worker died; unit reclaimed",
+                    every_run: bool = True) -> list[str]:
+    """Close the MLflow runs of a dead unit that are still RUNNING as KILLED (tag failure_reason: `reason`); returns
+    their ids. Every run of the unit is tagged "unit_result" (its result is lost), or with every_run=False only
+    those it closes.
 
     The runs are found by the ids recorded with the trial and by the tag "unit_trial" (which also finds a
     run whose worker died between creating it and recording its id). A run that finished keeps its status.
@@ -351,10 +393,12 @@ def close_unit_runs(study_name: str, trial) -> list[str]:
             ids |= {r.info.run_id for r in found}
         closed = []
         for run_id in sorted(ids):
-            client.set_tag(run_id, "unit_result", "lost: its worker died before storing it; the unit is redone")
-            if client.get_run(run_id).info.status == "RUNNING":
+            running = client.get_run(run_id).info.status == "RUNNING"
+            if every_run or running:
+                client.set_tag(run_id, "unit_result", "lost: its worker died before storing it; the unit is redone")
+            if running:
                 client.set_tag(run_id, "status", "interrupted")
-                client.set_tag(run_id, "failure_reason", "worker died; unit reclaimed")
+                client.set_tag(run_id, "failure_reason", reason)
                 client.set_terminated(run_id, "KILLED")
                 closed.append(run_id)
         return closed
@@ -540,6 +584,24 @@ def _jsonable(x):
     if isinstance(x, np.integer):
         return int(x)
     return str(x)
+
+
+def stored_once(storage, name: str, key: str, value):
+    """The value stored under `key` with the Optuna study `name`: the first caller's `value`, stored then (under the
+    store lock, so that concurrent workers agree on one); reading it writes nothing."""
+    import optuna
+
+    with storage_lock(storage):
+        try:
+            study_id = storage.get_study_id_from_name(name)
+        except KeyError:
+            optuna.create_study(study_name=name, storage=storage).set_user_attr(key, value)
+            return value
+        attrs = storage.get_study_user_attrs(study_id)
+        if key not in attrs:
+            storage.set_study_user_attr(study_id, key, value)
+            return value
+        return attrs[key]
 
 
 def delete_studies(storage, prefix: str) -> None:
