@@ -13,6 +13,7 @@ the test set is only for final reporting.
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +52,8 @@ RAW_FILES = {  # file: (magic number, bytes per item, header bytes, size of the 
     "t10k-images-idx3-ubyte": (0x803, 28 * 28, 16, 7_840_016),
     "t10k-labels-idx1-ubyte": (0x801, 1, 8, 10_008),
 }
+SPLIT_SIZES = {"train": 60_000, "t10k": 10_000}  # items of each split's files: the training and the test set
+SPLIT_SLACK = 0.1  # a copy may hold up to this fraction fewer items per split (deduplicated, as the offline copy)
 
 
 def check_raw_files(root: Path) -> int:
@@ -89,6 +92,18 @@ def check_raw_files(root: Path) -> int:
         if a is not None and b is not None and a != b:
             raise DataError(f"data files {raw}/{split}-*: {a:,} images but {b:,} labels; "
                             "point HAT_DATA / --data at a good copy")
+    for name, n in counts.items():  # each split has its standard size: swapped or foreign files are not read
+        split = name.split("-", 1)[0]
+        standard = SPLIT_SIZES[split]
+        low = round(standard * (1 - SPLIT_SLACK))
+        if not low <= n <= standard:
+            role = "training" if split == "train" else "test"
+            other = [s for s, size in SPLIT_SIZES.items() if s != split and round(size * (1 - SPLIT_SLACK)) <= n <= size]
+            hint = (f": that is the size of the {'training' if other[0] == 'train' else 'test'} set, so the train and "
+                    "t10k files look swapped") if other else ""
+            raise DataError(f"data file {raw / name} holds {n:,} items, but Fashion-MNIST's {role} set has {standard:,} "
+                            f"(a copy may hold up to {SPLIT_SLACK:.0%} fewer){hint}; point HAT_DATA / --data at a good "
+                            "copy")
     return present
 
 
@@ -101,9 +116,12 @@ def _load_split(root: Path, train: bool):
         except Exception as e:
             raise DataError(f"Fashion-MNIST in {root.resolve()} could not be read ({type(e).__name__}: {e}); "
                             "point HAT_DATA / --data at a good copy") from None
+    created = [d for d in (root, root / "FashionMNIST", root / "FashionMNIST" / "raw") if not d.exists()]
     try:
         ds = torchvision.datasets.FashionMNIST(str(root), train=train, download=True)
     except Exception as e:
+        for d in reversed(created):  # a failed download leaves the data folder as it found it
+            shutil.rmtree(d, ignore_errors=True)
         raise DataError(
             f"Fashion-MNIST is not in {root.resolve()} and could not be downloaded ({type(e).__name__}: "
             f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}); point the project at a local copy in "
