@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -74,6 +76,11 @@ def fetch_snapshot(uri: str, folder: str | Path | None = None) -> Path:
     """Download the snapshot at a `runs:/` or `mlflow-artifacts:/` URI (its .pt and .json) into `folder` (a
     temporary one by default); the local .pt path. SnapshotError (one line) when it cannot be fetched."""
     mlflow = check_mlflow()
+    store = mlflow.get_tracking_uri()
+    if uri.startswith("runs:/") and store.startswith("sqlite:///") and not Path(store[len("sqlite:///"):]).is_file():
+        # no store, no run: say so rather than create an empty store to look in
+        raise SnapshotError(f"snapshot {uri}: the tracking store {store} does not exist, so it holds no such run; "
+                            "give the store of the run that saved it (--tracking-uri) or a local .pt path")
     dst = None if folder is None else str(Path(folder))
     if dst is not None:
         Path(dst).mkdir(parents=True, exist_ok=True)
@@ -90,6 +97,22 @@ def _resolve(path: str | Path) -> Path:
     if s.startswith("runs:/") or s.startswith("mlflow-artifacts:/"):
         return fetch_snapshot(s)
     return Path(path)
+
+
+def _load_error(pt: Path, e: Exception) -> SnapshotError:
+    """Why `torch.load(pt, weights_only=True)` failed, in one line, never with torch's advice to load the file
+    unsafely: a file holding pickled Python objects (a global: a class or function to call) is refused as such,
+    since loading it could run code; anything else is a file that is not a snapshot's tensors."""
+    text = " ".join(str(e).split())
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    if isinstance(e, pickle.UnpicklingError) and found:
+        return SnapshotError(f"{pt} holds pickled Python objects (it refers to {found.group(1)}): refused, since "
+                             "loading it could run code; a snapshot holds tensors only, as saved by --snapshot-epochs")
+    detail = re.search(r"WeightsUnpickler error: (.*?)(?: Check the documentation|$)", text)
+    why = detail.group(1).strip() if detail else _first_line(e)
+    if "weights_only" in why:
+        why = type(e).__name__
+    return SnapshotError(f"{pt} could not be loaded as tensors (corrupted or truncated? {why})")
 
 
 def load_snapshot(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -113,7 +136,7 @@ def load_snapshot(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     try:
         tensors = torch.load(pt, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise SnapshotError(f"{pt} could not be loaded as tensors (corrupted or truncated? {_first_line(e)})") from None
+        raise _load_error(pt, e) from None
     if not isinstance(tensors, dict) or not all(isinstance(v, torch.Tensor) for v in tensors.values()):
         raise SnapshotError(f"{pt} does not hold a dict of tensors")
     try:
