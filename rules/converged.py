@@ -1,5 +1,8 @@
 """`converged`: the paper's fitted mean rule, dw_ij = c * v_j (c = 2)."""
 
+import math
+import numbers
+
 from rules import register
 from rules.base import ElementwiseRule
 
@@ -12,6 +15,8 @@ class Converged(ElementwiseRule):
 
     def __init__(self, c: float = 2.0):
         super().__init__()
+        if isinstance(c, bool) or not isinstance(c, numbers.Real) or not math.isfinite(c):
+            raise ValueError(f"c={c!r}: expected a finite number")
         self.c = float(c)  # slope of the fitted linear rule in v_j
 
     def pointwise(self, vi, w, vj, g=None):

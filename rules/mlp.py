@@ -9,12 +9,23 @@ those of the frozen rules built from saved M's (snapshot, mean, schedule).
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 from torch import nn
 
 from hat import kernels
 from rules import register
 from rules.base import ElementwiseRule, Loader, mlp_step_cost
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
 @register("mlp")
@@ -25,15 +36,21 @@ class MLPRule(ElementwiseRule):
     def __init__(self, inputs=("pre", "w", "post"), hidden: int = 100, act: str = "relu",
                  init_std: float | None = None, seed: int = 0, trainable: bool = True):
         super().__init__()
+        if isinstance(inputs, str) or not isinstance(inputs, list | tuple):
+            raise ValueError(f"mlp inputs must be a list of names among {kernels.INPUT_NAMES}, got {inputs!r}")
         bad = [k for k in inputs if k not in kernels.INPUT_NAMES]
         if bad or not inputs:
             raise ValueError(f"mlp inputs must be a non-empty subset of {kernels.INPUT_NAMES}, got {tuple(inputs)}")
-        if act not in kernels.ACTS:
+        if not isinstance(act, str) or act not in kernels.ACTS:
             raise ValueError(f"mlp act must be one of {sorted(kernels.ACTS)}, got {act!r}")
         self.inputs = tuple(inputs)
         self.act = act
-        if int(hidden) < 1:
-            raise ValueError(f"hidden={hidden}: the meta-learner needs at least 1 hidden unit")
+        if not _is_int(hidden) or hidden < 1:  # 2.5 is not 2: a count of units is an integer
+            raise ValueError(f"hidden={hidden!r}: the meta-learner needs a whole number >= 1 of hidden units")
+        if init_std is not None and not (_is_real(init_std) and math.isfinite(init_std) and init_std > 0):
+            raise ValueError(f"init_std={init_std!r}: expected a finite number > 0, or null for the default")
+        if not _is_int(seed):
+            raise ValueError(f"seed={seed!r}: expected an integer")
         self.hidden = int(hidden)
         self.uses_grad = "grad" in self.inputs
         self.hidden_width = self.hidden
