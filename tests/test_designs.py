@@ -38,3 +38,29 @@ def test_the_cpu_preset_reaches_the_runs_with_full_evaluation(tmp_path):
     assert seen == {"eval_limit": None, "train_limit": 10000}
     assert protocol.run(study, ["--preset", "quick", "--name", "probe-q", *stores(tmp_path)]) == 0
     assert seen["eval_limit"] == 2000
+
+
+def test_tuned_values_at_a_range_edge_are_flagged():
+    from studies.lib.tuning import RATE_SPACE, SHARED_SPACE, Param, edge_flags
+
+    space = {**SHARED_SPACE, **RATE_SPACE, "rule_params.c": Param("float", -4.0, 4.0)}
+    flags = edge_flags(space, {"rate": 1.2e-5, "lr_adam": 3e-3, "rule_params.c": 3.9, "optimizer": "adam"})
+    assert flags == ["rate tuned to the floor (1.2e-05, range 1e-05..0.1): the rule is nearly off",
+                     "rule_params.c tuned to the ceiling (3.9, range -4..4)"]
+    assert edge_flags(space, {"rate": 3e-5, "lr_adam": 0.06}) == ["lr_adam tuned to the ceiling (0.06, range 0.0001..0.1)"]
+    assert edge_flags(space, {"rate": 1e-3}) == []
+
+
+def test_flags_reach_the_verdict_lines():
+    from studies.lib import analysis
+    from studies.lib.analysis import Hypothesis
+    from studies.lib.arms import control_arm, rule_arm
+
+    seeds = [0, 1, 2]
+    res = {(a, s): {"status": "ok", "test_acc": 80.0 + s + (0.3 if a == "hebb" else 0.0)}
+           for a in ("control", "hebb") for s in seeds}
+    hyps = [Hypothesis("X-hebb", "Hebb helps", "hebb", "greater")]
+    comps = analysis.compare_hypotheses(res, seeds, hyps, 0.5, 100)
+    notes = report.edge_notes([control_arm(), rule_arm("hebb", "hebb")], {"hebb": {"params": {"rate": 1.5e-5}}})
+    line = analysis.verdicts(hyps, comps, notes)[0].line()
+    assert "(rate tuned to the floor (1.5e-05, range 1e-05..0.1): the rule is nearly off; exploratory family" in line

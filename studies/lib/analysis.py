@@ -174,20 +174,24 @@ def compare_hypotheses(results: dict, seeds: list[int], hypotheses: list[Hypothe
     return out
 
 
-def verdict_details(h: Hypothesis, c) -> str:
-    """The parenthesis of a paired comparison's verdict line: family, difference, interval, counts, Holm p-values."""
-    basis = ("not testable: the learners had not converged (see Convergence); " if c.verdict == "untestable"
-             else f"{h.holm_family} family of {c.family}; ")
+def verdict_details(h: Hypothesis, c, note: str = "") -> str:
+    """The parenthesis of a paired comparison's verdict line: a note on the arm (e.g. a tuned value at its range's
+    edge), family, difference, interval, counts, Holm p-values."""
+    basis = (f"{note}; " if note else "") + (
+        "not testable: the learners had not converged (see Convergence); " if c.verdict == "untestable"
+        else f"{h.holm_family} family of {c.family}; ")
     method = f" ({c.method}: diverged runs among the pairs)" if c.method != "t" else ""
     return (basis + f"{h.metric}: Δ = {c.mean_diff:+.2f} {METRICS[h.metric].unit}, 95% CI [{c.ci_lo:+.2f}, "
             f"{c.ci_hi:+.2f}]{method}, margin {c.margin:g}, n = {c.n}, {c.n_failed_arm}/{c.n_failed_control} "
             f"diverged, {c.n_missing} missing, Holm p below margin = {c.p_below_holm:.3g}, Holm p = {c.p_holm:.3g}")
 
 
-def verdicts(hypotheses: list[Hypothesis], comps) -> list[Verdict]:
-    """One `Verdict` per hypothesis of a compared family (the paired comparison's word, difference and CI)."""
-    return [Verdict(h.key, c.verdict, h.text, verdict_details(h, c), metric=h.metric, diff=c.mean_diff,
-                    ci=(c.ci_lo, c.ci_hi)) for h, c in zip(hypotheses, comps)]
+def verdicts(hypotheses: list[Hypothesis], comps, notes: dict[str, str] | None = None) -> list[Verdict]:
+    """One `Verdict` per hypothesis of a compared family (the paired comparison's word, difference and CI);
+    `notes`: {arm: a note its verdict lines carry}."""
+    notes = notes or {}
+    return [Verdict(h.key, c.verdict, h.text, verdict_details(h, c, notes.get(h.arm, "")), metric=h.metric,
+                    diff=c.mean_diff, ci=(c.ci_lo, c.ci_hi)) for h, c in zip(hypotheses, comps)]
 
 
 def comparison_table(comps, hypotheses: list[Hypothesis]) -> str:

@@ -403,9 +403,11 @@ def tuning_traces(ctx: Context, arms: list[str], tuned: dict[str, dict]) -> dict
 
 def tuning_section(ctx: Context, arms: list[Arm], tuned: dict[str, dict], colors: dict[str, str],
                    suffix: str = "") -> tuple[list[str], list[Path]]:
-    """Per arm: its trials (values tried, objective, state), the chosen values, and one best-so-far figure."""
+    """Per arm: its trials (values tried, objective, state), the chosen values (flagged at a range's edge), and one
+    best-so-far figure."""
     from studies.lib import stats
     from studies.lib.figures import plot_tuning
+    from studies.lib.tuning import SHARED_SPACE, edge_flags
 
     if ctx.scale.trials == 0:
         return ["## Tuning", "", "Tuning skipped (`--trials 0`): every arm uses the preset's values.", ""], []
@@ -428,7 +430,9 @@ def tuning_section(ctx: Context, arms: list[Arm], tuned: dict[str, dict], colors
                            for k, v in t.get("params", {}).items()) or "the preset's values"
         note = f" ({t['note']})" if t.get("note") else ""
         lines += [f"### {a.name}", "", stats.format_table(rows, floatfmt=".4g"), "",
-                  f"Chosen: {chosen}{note}; objective {fmt(t.get('value'))}.", ""]
+                  f"Chosen: {chosen}{note}; objective {fmt(t.get('value'))}."
+                  + "".join(f" Flagged: {f}." for f in edge_flags({**SHARED_SPACE, **a.space}, t.get("params") or {})),
+                  ""]
     files = []
     if traces:
         fig = plot_tuning(traces, ctx.out / f"tuning{suffix}.png",
@@ -440,6 +444,51 @@ def tuning_section(ctx: Context, arms: list[Arm], tuned: dict[str, dict], colors
 
 
 # ---------------------------------------------------------------- the report
+
+UI_ADDRESS = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
+ML_VIEW = {"workflowType": "machine_learning"}  # MLflow 3's "Model training" pages; without it the UI of MLflow
+# 3.18 opens an experiment on its GenAI pages, whatever the experiment's kind tag (hat.tracking) says
+NOTE_LIMIT = 7900  # characters of the run note (an MLflow tag: at most 8000)
+
+
+def ui_pages(experiment_id: str, parent_id: str, name: str) -> dict[str, str]:
+    """A study's pages in the MLflow UI, as URL fragments to append to the UI's address: `runs` (the experiment's
+    runs, one row per study), `study` (the study's parent run: its note holds the verdict table and figure),
+    `figure` (the verdict figure, in the run's Artifacts tab) and `arms` (the study's arm parent runs as rows, best
+    mean test accuracy first, in the chart view: sorted by a metric, the table lists them flat instead of folded
+    under the study's run, and their summary metrics chart one bar per arm)."""
+    import urllib.parse
+
+    ml = urllib.parse.urlencode(ML_VIEW)
+    arms = urllib.parse.urlencode({**ML_VIEW, "searchFilter": f"tags.study_name = '{name}' and tags.phase = 'arm'",
+                                   "orderByKey": "metrics.`mean_test_acc`", "orderByAsc": "false",
+                                   "compareRunsMode": "CHART"}, quote_via=urllib.parse.quote)
+    exp = f"#/experiments/{experiment_id}"
+    return {"runs": f"{exp}/runs?{ml}", "study": f"{exp}/runs/{parent_id}?{ml}",
+            "figure": f"{exp}/runs/{parent_id}/artifacts/verdicts.png?{ml}", "arms": f"{exp}/runs?{arms}"}
+
+
+def ui_address(uri: str) -> str:
+    """The UI's address for tracking URI `uri`: a tracking server serves it; a local store, `mlflow ui` (default port)."""
+    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else UI_ADDRESS
+
+
+def study_note(ctx: Context, title: str, found: list, pages: dict[str, str], figure: bool) -> str:
+    """The study run's MLflow note (markdown, shown as its description): the verdicts as a table, the verdict figure
+    (served by the UI's `get-artifact`), links to the arms side by side and to the report."""
+    head = f"**{title}**: study `{ctx.name}`" + (f", {len(found)} hypotheses: {verdict_values.word_counts(found)}."
+                                                 if found else ", no verdicts.")
+    tail = ["", *([f"![verdicts](get-artifact?path=verdicts.png&run_uuid={ctx.parent_id})", ""] if figure else []),
+            f"[The arms side by side]({pages['arms']})" + (f" · [the verdict figure]({pages['figure']})" if figure
+                                                           else "")
+            + " · report.md, results.csv and every figure: Artifacts → `report/`"]
+    for width, rows in ((90, len(found)), (40, len(found)), *((40, k) for k in range(len(found) - 1, -1, -1))):
+        table = [verdict_values.markdown_table(found[:rows], width)] if found else []
+        more = [f"… and {len(found) - rows} more verdicts: see report.md"] if rows < len(found) else []
+        note = "\n".join([head, "", *table, *more, *tail])
+        if len(note) <= NOTE_LIMIT:
+            return note
+    return "\n".join([head, *tail])[:NOTE_LIMIT]
 
 
 def finish_report(ctx: Context, title: str, doc: str, sections: list, files: list[Path],
@@ -454,7 +503,18 @@ def finish_report(ctx: Context, title: str, doc: str, sections: list, files: lis
 
     path = ctx.out / "report.md"
     found = verdict_values.collect(sections)
+    figure = None
+    if found:
+        from studies.lib.figures import plot_verdicts
+
+        try:
+            figure = plot_verdicts(found, ctx.out / "verdicts.png", f"{ctx.name}: the verdicts — mean paired "
+                                   "difference arm − control (diamond) and its 95% CI, coloured by verdict; grey band: "
+                                   "±margin", ctx.scale.margin)
+        except Exception as e:  # the report does not depend on its figure
+            print(f"warning: verdict figure not drawn ({type(e).__name__}: {e})", file=sys.stderr)
     summary = (["## Verdicts at a glance", "", stats.format_table([v.row() for v in found]), "",
+                *([*figure_block([figure], ctx.out), ""] if figure else []),
                 "Details, and every statistic behind them, in the sections below.", ""] if found else [])
     head = [f"# {title}", "", *provenance_lines(ctx), *summary,
             "## Settings", "", f"Study `{ctx.name}` (module `studies.{ctx.study}`), study preset "
@@ -466,17 +526,24 @@ def finish_report(ctx: Context, title: str, doc: str, sections: list, files: lis
     text = "\n".join(head + verdict_values.section_lines(sections))
     legend = ["## Column legend", "", *legend_lines(text, legend), ""]
     path.write_text(text + "\n" + "\n".join(legend) + "\n")
+    pages = None
     if ctx.tracker is not None and ctx.parent_id:
+        pages = ui_pages(ctx.tracker.experiment_id, ctx.parent_id, ctx.name)
         run = ctx.tracker.run(ctx.parent_id)
         for f in [path, *files]:
             run.log_artifact(f, "report")
-        run.set_tags(verdict_values.mlflow_tags(found))
+        if figure:
+            run.log_artifact(figure)  # beside report/: the first thing the run's Artifacts tab lists
+        run.set_tags({**verdict_values.mlflow_tags(found),
+                      "mlflow.note.content": study_note(ctx, title, found, pages, figure is not None)})
         ctx.close_arm_parents()
         run.finish("FINISHED")
     print(f"\nreport: {path}")
     print(f"results: {ctx.out}")
     if ctx.tracker is not None:
         print(f"MLflow UI: {ui_command(ctx.tracker.uri)}   (parent run {ctx.parent_id})")
+        if pages:
+            print(f"  the study's verdicts: {ui_address(ctx.tracker.uri)}/{pages['study']}")
     if found:
         print(f"\nVerdicts ({title}):\n" + verdict_values.console_table(found))
     return path
@@ -484,7 +551,12 @@ def finish_report(ctx: Context, title: str, doc: str, sections: list, files: lis
 
 def log_arm_summaries(ctx: Context, hypotheses: list[Hypothesis], comps, acc: dict[str, np.ndarray]) -> None:
     """Each arm's MLflow parent run gets its summary: mean final test accuracy and, per hypothesis on the arm, the
-    paired difference, its 95% CI, the Holm p-values and a verdict tag (keys `<hypothesis>.<statistic>`)."""
+    paired difference, its 95% CI, the Holm p-values and a verdict tag (keys `<hypothesis>.<statistic>`).
+
+    The difference and its CI are also logged under keys every arm compared on the same metric against the same
+    control shares, `<metric> vs <control>/diff`, `/diff_ci_low`, `/diff_ci_high`: the UI's chart view of the arm
+    runs draws each as one bar chart with a bar per arm, in a section of its own (named before the `/`) above the
+    per-hypothesis metrics."""
     if ctx.tracker is None or not ctx.parent_id:
         return
     for arm, values in acc.items():
@@ -497,6 +569,9 @@ def log_arm_summaries(ctx: Context, hypotheses: list[Hypothesis], comps, acc: di
             k = verdict_values.mlflow_key(h.key)
             metrics.update({f"{k}.diff": c.mean_diff, f"{k}.ci_low": c.ci_lo, f"{k}.ci_high": c.ci_hi,
                             f"{k}.p_holm": c.p_holm, f"{k}.p_below_margin_holm": c.p_below_holm})
+            shared = verdict_values.mlflow_key(f"{h.metric} vs {h.control}")
+            metrics.update({f"{shared}/diff": c.mean_diff, f"{shared}/diff_ci_low": c.ci_lo,
+                            f"{shared}/diff_ci_high": c.ci_hi})
             tags[f"verdict.{k}"] = c.verdict
         metrics = {m: float(v) for m, v in metrics.items() if np.isfinite(v)}
         try:
@@ -564,6 +639,18 @@ def tuning_text(scale) -> str:
                    "optimizer and learning rate.")
 
 
+def edge_notes(arms: list[Arm], tuned: dict[str, dict]) -> dict[str, str]:
+    """{arm: its tuned values at the edge of their search ranges (`tuning.edge_flags`)}, for its verdict lines."""
+    from studies.lib.tuning import SHARED_SPACE, edge_flags
+
+    out = {}
+    for a in arms:
+        flags = edge_flags({**SHARED_SPACE, **a.space}, tuned.get(a.name, {}).get("params") or {})
+        if flags:
+            out[a.name] = "; ".join(flags)
+    return out
+
+
 def control_arms(arms: list[Arm]) -> list[str]:
     """The arms without a local rule (the backprop controls), whose learners the convergence check reads."""
     return [a.name for a in arms if a.overrides.get("rule") == "none"]
@@ -622,7 +709,7 @@ def comparison_sections(ctx: Context, arms: list[Arm], tuned: dict[str, dict], r
         "## Comparisons with the control (Holm within each family)", "",
         "The paper's claims form the primary family; exploratory claims (X-*) a family of their own.", "",
         comparison_table(comps, hypotheses), "",
-        "## Verdicts", "", *verdicts(hypotheses, comps), "",
+        "## Verdicts", "", *verdicts(hypotheses, comps, edge_notes(arms, tuned)), "",
         "## Figures", "", *figure_block([fig_curves, fig_diffs], ctx.out), "",
         *tune_lines,
     ]

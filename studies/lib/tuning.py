@@ -54,7 +54,7 @@ class Param:
 
 SHARED_SPACE = {  # every arm: the learner's optimizer, and a learning rate in that optimizer's usual range
     "optimizer": Param("categorical", choices=tuple(OPTIMIZERS)),
-    "lr_adam": Param("float", 1e-4, 1e-2, log=True),  # used when optimizer == "adam"
+    "lr_adam": Param("float", 1e-4, 1e-1, log=True),  # used when optimizer == "adam" (1e-2, the old ceiling, bound)
     "lr_sgd": Param("float", 1e-3, 3e-1, log=True),  # used when optimizer == "sgd"
 }
 CONDITIONAL = {"lr_adam": ("optimizer", "adam"), "lr_sgd": ("optimizer", "sgd")}  # suggested only under the condition
@@ -73,6 +73,30 @@ def suggest_params(trial, space: dict[str, Param]) -> dict:
 RATE_SPACE = {"rate": Param("float", 1e-5, 1e-1, log=True)}  # every arm with a local rule
 RULE_LR_SPACE = {"rule_lr": Param("float", 1e-5, 1e-1, log=True)}  # arms with a trainable meta-learner
 
+
+
+EDGE_FACTOR = 2.0  # a tuned value within this factor of its range's end is flagged
+
+
+def edge_flags(space: dict[str, Param], params: dict) -> list[str]:
+    """One line per tuned float parameter within EDGE_FACTOR of an end of its search range (log ranges; within 5%
+    of the width for linear ones): the range may have bound the tuning; a rule's rate at the floor means the rule
+    is nearly off."""
+    out = []
+    for name, value in params.items():
+        p = space.get(name)
+        if p is None or p.kind != "float" or not isinstance(value, int | float):
+            continue
+        if p.log:
+            low, high = value <= p.low * EDGE_FACTOR, value >= p.high / EDGE_FACTOR
+        else:
+            width = 0.05 * (p.high - p.low)  # a linear range: within 5% of its width of an end
+            low, high = value <= p.low + width, value >= p.high - width
+        if low or high:
+            end = "floor" if low else "ceiling"
+            why = ": the rule is nearly off" if (name == "rate" and low) else ""
+            out.append(f"{name} tuned to the {end} ({value:.3g}, range {p.low:g}..{p.high:g}){why}")
+    return out
 
 
 def is_control(arm) -> bool:
