@@ -10,7 +10,8 @@ from pathlib import Path
 from hat.plots import pyplot, save_figure
 
 CONTROL_COLOR = "#333333"
-VERDICT_COLORS = {"supported": "#1a7f37", "negligible": "#b35900", "refuted": "#cf222e", "inconclusive": "#6e7781"}
+VERDICT_COLORS = {"supported": "#1a7f37", "negligible": "#b35900", "refuted": "#cf222e", "inconclusive": "#6e7781",
+                  "untestable": "#8250df"}
 
 
 def arm_colors(arms: list[str], control="control") -> dict[str, str]:
@@ -156,6 +157,79 @@ def differences_figure(rows: list[dict], title: str, colors: dict[str, str] | No
 def plot_differences(rows: list[dict], path: str | Path, title: str, colors: dict[str, str] | None = None) -> Path:
     """`differences_figure` written to `path` (PNG, 110 dpi)."""
     return save_figure(differences_figure(rows, title, colors), path)
+
+
+def verdict_figure(verdicts: list, title: str, margin: float | None = None):
+    """The study's answer at a glance: one row per hypothesis (`studies.lib.verdicts.Verdict` values, in order), its
+    mean paired difference (diamond) and 95% CI (bar) against zero and the equivalence band ±margin (grey), drawn
+    and labelled in the colour of its verdict (`VERDICT_COLORS`), the verdict word at the right. One panel per
+    compared metric (its margin from `studies.lib.analysis.metric_margin`, `margin` overriding accuracy metrics);
+    verdicts that are not one paired comparison (no metric, or no finite difference) are listed in a last panel
+    with their word only. Returns the figure."""
+    import math
+
+    from matplotlib.patches import Patch
+
+    from studies.lib.analysis import METRICS, metric_margin
+
+    plt = pyplot()
+    paired = [v for v in verdicts if v.metric and math.isfinite(v.diff)]
+    other = [v for v in verdicts if v not in paired]
+    metrics = list(dict.fromkeys(v.metric for v in paired))
+    groups = [(m, [v for v in paired if v.metric == m]) for m in metrics] + ([("", other)] if other else [])
+    if not groups:
+        groups = [("", [])]
+    heights = [max(1, len(vs)) * 0.32 + (0.75 if m else 0.1) for m, vs in groups]
+    fig, axes = plt.subplots(len(groups), 1, figsize=(8.4, sum(heights) + 1.4), squeeze=False,
+                             gridspec_kw={"height_ratios": heights}, layout="constrained")
+    for ax, (metric, vs) in zip(axes[:, 0], groups):
+        ys = list(range(len(vs)))[::-1]
+        ax.set_ylim(-0.6, max(len(vs), 1) - 0.4)
+        ax.set_yticks(ys, [v.key for v in vs], fontsize=8.5)
+        for tick, v in zip(ax.get_yticklabels(), vs):
+            tick.set_color(VERDICT_COLORS.get(v.word, "k"))
+        if not metric:  # composite verdicts: the word only
+            ax.set_xticks([])
+            ax.set_xlim(0, 1)
+            for y, v in zip(ys, vs):
+                why = "no finite difference" if v.metric else "not one paired difference"
+                ax.text(0.01, y, f"{v.word}  ({why}: see the report)", va="center", fontsize=8.5,
+                        color=VERDICT_COLORS.get(v.word, "k"), fontweight="bold")
+            for side in ("top", "right", "bottom"):
+                ax.spines[side].set_visible(False)
+            continue
+        m = metric_margin(metric, margin) if metric in METRICS else math.nan
+        unit = METRICS[metric].unit if metric in METRICS else ""
+        if math.isfinite(m):
+            ax.axvspan(-m, m, color="0.88", lw=0, zorder=0)
+        ax.axvline(0, color="k", lw=0.8, ls=":", zorder=1)
+        for y, v in zip(ys, vs):
+            c = VERDICT_COLORS.get(v.word, "k")
+            lo, hi = v.ci
+            if math.isfinite(lo) and math.isfinite(hi):
+                ax.plot([lo, hi], [y, y], color=c, lw=3, solid_capstyle="butt", zorder=2)
+                ax.plot([lo, lo, math.nan, hi, hi], [y - 0.18, y + 0.18, math.nan, y - 0.18, y + 0.18], color=c, lw=1.5,
+                        zorder=2)
+            ax.plot([v.diff], [y], "D", ms=7, color=c, mec="k", mew=0.6, zorder=3)
+            ax.text(1.01, y, v.word, transform=ax.get_yaxis_transform(), va="center", ha="left", fontsize=8.5,
+                    color=c, fontweight="bold")
+        finite = [x for v in vs for x in (v.diff, *v.ci) if math.isfinite(x)] + ([-m, m] if math.isfinite(m) else [])
+        lo, hi = min(finite), max(finite)
+        pad = 0.06 * (hi - lo or 1.0)
+        ax.set_xlim(lo - pad, hi + pad)
+        ax.set_xlabel(f"{metric}: arm − control ({unit})" if unit else f"{metric}: arm − control", fontsize=8.5)
+        ax.grid(axis="x", alpha=0.3)
+    handles = [Patch(color=VERDICT_COLORS[w], label=w) for w in VERDICT_COLORS if any(v.word == w for v in verdicts)]
+    handles += [Patch(color="0.88", label="±margin (differences too small to matter)"),
+                plt.Line2D([], [], color="0.3", marker="D", lw=3, label="mean difference, 95% CI")]
+    fig.legend(handles=handles, fontsize=7.5, loc="outside lower center", ncol=min(len(handles), 4))
+    suptitle(fig, title)
+    return fig
+
+
+def plot_verdicts(verdicts: list, path: str | Path, title: str, margin: float | None = None) -> Path:
+    """`verdict_figure` written to `path` (PNG, 110 dpi)."""
+    return save_figure(verdict_figure(verdicts, title, margin), path)
 
 
 def tuning_figure(traces: dict[str, list[dict]], title: str, colors: dict[str, str] | None = None, ncols: int = 5):

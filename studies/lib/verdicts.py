@@ -1,9 +1,10 @@
-"""Verdicts as values: what the decision layer returns, and the three renderings of it.
+"""Verdicts as values: what the decision layer returns, and its renderings.
 
 A `Verdict` is one hypothesis's decision: its key, word (`studies.lib.stats.VERDICTS`), claim and the details
 that justify it; one paired comparison also carries its metric, difference and 95% CI. The decision layer
 (`studies.lib.analysis.verdicts`, and each study's composite rules) builds them; report.md (`Verdict.line`), the
-console table (`console_table`) and the MLflow tags (`mlflow_tags`) are each rendered from those values.
+console table (`console_table`), the MLflow tags (`mlflow_tags`) and the markdown table of the study run's MLflow note
+(`markdown_table`) are each rendered from those values.
 A study's report sections are a list of lines in which a `Verdict` stands for its own line (`section_lines`).
 """
 
@@ -56,6 +57,26 @@ def console_table(verdicts: list[Verdict], claim_width: int = 64) -> str:
     widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(cols)]
     line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()  # noqa: E731
     return "\n".join([line(cols), line(["-" * w for w in widths]), *(line(row) for row in cells)])
+
+
+def markdown_table(verdicts: list[Verdict], claim_width: int = 90) -> str:
+    """The verdicts as a GitHub-markdown table (the MLflow run note): hypothesis, verdict (bold), Δ, 95% CI, metric
+    (blank for a composite verdict), claim (shortened to `claim_width`); '|' in a cell is escaped."""
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| hypothesis | verdict | Δ | 95% CI | metric | claim |", "| --- | --- | --- | --- | --- | --- |"]
+    for v in verdicts:
+        r = v.row()
+        lines.append(f"| {cell(v.key)} | **{cell(v.word)}** | {r['Δ']} | {r['95% CI']} | {cell(v.metric)} | "
+                     f"{cell(textwrap.shorten(v.claim, claim_width, placeholder='…'))} |")
+    return "\n".join(lines)
+
+
+def word_counts(verdicts: list[Verdict]) -> str:
+    """E.g. "2 refuted, 7 inconclusive": how many verdicts have each word, in order of first appearance."""
+    words = list(dict.fromkeys(v.word for v in verdicts))
+    return ", ".join(f"{sum(v.word == w for v in verdicts)} {w}" for w in words)
 
 
 def mlflow_key(name: str) -> str:
