@@ -49,6 +49,15 @@ def check_mlflow():
     return mlflow
 
 
+def _exists(path: Path) -> bool:
+    """Path.exists(), False also for a path the system cannot look up (a name too long raises in Path.exists)."""
+    try:
+        path.stat()
+    except OSError:
+        return False
+    return True
+
+
 def writable_problem(folder: str | Path) -> str | None:
     """None if `folder` exists as a writable folder or could be created; else why not (one line).
 
@@ -57,11 +66,11 @@ def writable_problem(folder: str | Path) -> str | None:
     the file system's name and path length limits. Leaves nothing behind."""
     folder = Path(folder).expanduser()
     p = folder
-    while not p.exists():
+    while not _exists(p):
         if p.parent == p:
             break
         p = p.parent
-    if p.exists() and not p.is_dir():
+    if _exists(p) and not p.is_dir():
         return f"{folder} cannot be created: {p} is a file, not a folder"
     try:
         name_max, path_max = os.pathconf(p, "PC_NAME_MAX"), os.pathconf(p, "PC_PATH_MAX")
@@ -87,10 +96,12 @@ SQLITE_HEADER = b"SQLite format 3\x00"
 def sqlite_file_problem(path: str | Path) -> str | None:
     """None if `path` is an SQLite database file, an empty file or missing (SQLite creates it); else why not."""
     path = Path(path).expanduser()
+    if len(os.fsencode(path.name)) > 255:
+        return f"{path} cannot be created: a file name of {len(os.fsencode(path.name)):,} bytes (at most 255)"
+    if not _exists(path):
+        return None
     if path.is_dir():
         return f"{path} is a folder, not a database file"
-    if not path.exists():
-        return None
     try:
         with open(path, "rb") as f:
             head = f.read(len(SQLITE_HEADER))

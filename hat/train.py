@@ -114,7 +114,7 @@ def config_from_args(args: argparse.Namespace, base: TrainConfig) -> TrainConfig
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="python -m hat.train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="quick", choices=sorted(PRESETS), help="base configuration (default: quick)")
     p.add_argument("--data", default=None, help="Fashion-MNIST folder (default: $HAT_DATA or data/)")
     p.add_argument("--out", default=None, help="folder for snapshots and plots (default: runs/train/<rule>_seed<seed>)")
@@ -221,6 +221,7 @@ def check_snapshot_epochs(cfg: TrainConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m hat.train`: the command, with SIGTERM handled as Ctrl-C (`interruptible`)."""
     return interruptible(lambda: train_command(argv), "the run (its MLflow run, if any, ends KILLED)")
 
 

@@ -189,7 +189,7 @@ def fingerprint(args, scale, base: TrainConfig) -> dict:
 
 
 def fingerprint_changes(stored: dict, given: dict) -> list[str]:
-    """The settings that differ between two fingerprints, each as `flag: stored value -> given value`."""
+    """The settings that differ between two fingerprints, each as `<flag> <stored value> then, <given value> now`."""
     def shown(v) -> str:
         text = "(none)" if v is None else v if isinstance(v, str) else json.dumps(v)
         return text if len(text) <= 40 else text[:39] + "…"
