@@ -64,3 +64,25 @@ def test_flags_reach_the_verdict_lines():
     notes = report.edge_notes([control_arm(), rule_arm("hebb", "hebb")], {"hebb": {"params": {"rate": 1.5e-5}}})
     line = analysis.verdicts(hyps, comps, notes)[0].line()
     assert "(rate tuned to the floor (1.5e-05, range 1e-05..0.1): the rule is nearly off; exploratory family" in line
+
+
+def test_h3_compares_the_replay_with_a_shuffled_replay():
+    from studies import rule_over_time as rot
+    from studies.lib.protocol import MetaLearners, Setup
+    from studies.lib.rule_time import shuffled_order
+
+    for k in range(2, 9):
+        order = shuffled_order(k)
+        assert sorted(order) == list(range(k)) and all(i != j for i, j in enumerate(order))
+    assert shuffled_order(5) == shuffled_order(5)  # seeded
+    meta = MetaLearners({20000: {0.1: "a.pt", 0.5: "b.pt", 1.0: "c.pt"}})
+    arms = {a.name: a for a in rot.arms(Setup(None, None, [0], meta))}
+    replay, shuffled = arms["replay"].overrides["rule_params"], arms["shuffled"].overrides["rule_params"]
+    assert replay == {"paths": ["a.pt", "b.pt", "c.pt"]}
+    assert shuffled["epochs"] == [0.1, 0.5, 1.0] and sorted(shuffled["paths"]) == replay["paths"]
+    assert all(p != q for p, q in zip(shuffled["paths"], replay["paths"]))
+    fam = rot.replay_family((0.1, 0.5, 1.0))
+    assert fam[0].key == "H3-replay>shuffled" and fam[0].control == "shuffled"
+    assert {h.holm_family for h in fam} == {"B"}
+    assert [rot.h3_verdict(v) for v in ("supported", "refuted", "negligible")] == ["supported", "refuted",
+                                                                                  "negligible"]

@@ -146,3 +146,22 @@ def run_times(cfg, data, times=TIMES, mode: str = "keep") -> tuple[tuple[float, 
     if merged:
         how += f"; {', '.join(f'{t:g}' for t in merged)} fell on the same training step as a later time and were merged"
     return kept, how
+
+
+SHUFFLE_SEED = 0  # the order of the shuffled replay
+
+
+def shuffled_order(k: int, seed: int = SHUFFLE_SEED) -> list[int]:
+    """A seeded permutation of range(k) with no fixed point when k >= 2 (no snapshot replayed at its own time)."""
+    rng = np.random.default_rng(seed)
+    while True:
+        order = rng.permutation(k).tolist()
+        if k < 2 or all(i != j for i, j in enumerate(order)):
+            return order
+
+
+def add_time_args(parser) -> None:
+    """The snapshot-time flags of a study (--times, --time-mode)."""
+    parser.add_argument("--times", type=float, nargs="+", default=list(TIMES), help=f"snapshot times (default {TIMES})")
+    parser.add_argument("--time-mode", choices=("keep", "scale"), default="keep",
+                        help="fit the times to a shorter run: keep those <= its length, or scale them by epochs/20")
