@@ -86,3 +86,35 @@ def test_h3_compares_the_replay_with_a_shuffled_replay():
     assert {h.holm_family for h in fam} == {"B"}
     assert [rot.h3_verdict(v) for v in ("supported", "refuted", "negligible")] == ["supported", "refuted",
                                                                                   "negligible"]
+
+
+@needs_data
+def test_phase_one_trains_at_the_tuned_settings(tmp_path):
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    from studies.lib.arms import control_arm, rule_arm
+
+    seen = {}
+
+    def arms(s):
+        seen["settings"] = s.meta.settings if s.meta else None
+        return [control_arm(), rule_arm("final", "snapshot", {"path": s.meta.finals()[0]})]
+
+    study = Study("probe1", "Probe", "Phase 1 at the tuned settings.", arms, phase1=lambda s: (s.ctx.base.epochs,))
+    assert protocol.run(study, ["--preset", "smoke", "--trials", "2", "--tuning-seeds", "1", "--seeds", "2",
+                                "--hat-runs", "1", "--train-limit", "300", "--design", "marginal",
+                                *stores(tmp_path)]) == 0
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    hat = optuna.load_study(study_name="probe1-smoke:tune:hat", storage=storage)
+    assert len([t for t in hat.trials if t.state.name in ("COMPLETE", "PRUNED")]) == 2
+    best = optuna.load_study(study_name="probe1-smoke:tune:control", storage=storage).best_params
+    assert {k: seen["settings"]["params"][k] for k in best} == best  # marginal: the control's learner settings
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.get_experiment_by_name("hat").experiment_id
+    p1 = client.search_runs([exp], "tags.phase = 'phase1'")
+    assert len(p1) == 1
+    params = seen["settings"]["params"]
+    lr = params.get("lr_adam", params.get("lr_sgd"))
+    assert float(p1[0].data.params["lr"]) == lr and float(p1[0].data.params["rate"]) == params["rate"]
+    assert float(p1[0].data.params["rule_lr"]) == params["rule_lr"]

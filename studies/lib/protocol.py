@@ -5,8 +5,10 @@ A study declares a `Study`: its arms, hypotheses, what phase 1 must give it, and
 
 1. The command line (`studies.lib.cli`): preset sizes (`studies.lib.scale`), training flags, stores; every input
    checked before anything is written or logged.
-2. Phase 1 (`studies.lib.phases.train_meta_learners`), when the study needs meta-learners: `scale.hat_runs` HAT
-   runs saving their meta-learner at the study's snapshot times (`--snapshots` reuses an earlier study's).
+2. Phase 1 (`studies.lib.phases.train_meta_learners`), when the study needs meta-learners: the control and HAT
+   are tuned first (`hat_arm`), then `scale.hat_runs` HAT runs at those values save their meta-learner at the
+   study's snapshot times, so that the meta-learners train as the learners they are applied to are trained
+   (`--snapshots` reuses an earlier study's).
 3. Tuning (`studies.lib.tuning`): one Optuna study per arm, the same number of trials for every arm, objective
    the mean validation accuracy over the tuning seeds (disjoint from the final seeds); the test set is never
    looked at. Replicates: each arm's tuned config on the final seeds 0..N-1; seed s gives every arm the same
@@ -30,11 +32,12 @@ from pathlib import Path
 from hat.train import bad_input
 from studies.lib import progress, report
 from studies.lib.analysis import Hypothesis, convergence
-from studies.lib.arms import Arm
+from studies.lib.arms import Arm, control_arm, rule_arm
 from studies.lib.cli import build_parser, make_context, run_command
 from studies.lib.context import Context, snapshots_from_dir
 from studies.lib.phases import PHASE1_SEED_BASE, snapshot_paths, train_meta_learners, tune_and_replicate
 from studies.lib.scale import TRAIN_OVERRIDES
+from studies.lib.tuning import RULE_LR_SPACE, tune_all
 
 
 @dataclass
@@ -43,6 +46,7 @@ class MetaLearners:
 
     snapshots: dict[int, dict[float, str]]
     reused: str | None = None  # the --snapshots folder they were reused from; None: this study's phase 1
+    settings: dict | None = None  # the tuned values phase 1 trained at ({"params", "value"} of the `hat` tuning)
 
     @classmethod
     def placeholder(cls, runs: int, epochs) -> MetaLearners:
@@ -60,9 +64,12 @@ class MetaLearners:
 
     def paragraph(self, detail: str = "", heading: str = "Phase 1: meta-learners") -> list[str]:
         """The report's phase-1 section: how many runs, which seeds, reused or not, then the study's `detail`."""
+        at = ("the settings of the earlier study" if self.reused else "preset values" if not self.settings else
+              "the learner settings the control tuned and the rule settings HAT tuned "
+              f"(`{self.settings.get('params') or {}}`, tuning objective {self.settings.get('value')})")
         return [f"## {heading}", "",
-                f"{len(self.snapshots)} HAT run(s) with a trainable meta-learner (preset values, seeds "
-                f"{PHASE1_SEED_BASE}+)" + (f", reused from `{self.reused}`" if self.reused else "") + ". " + detail, ""]
+                f"{len(self.snapshots)} HAT run(s) with a trainable meta-learner at {at}, seeds {PHASE1_SEED_BASE}+"
+                + (f", reused from `{self.reused}`" if self.reused else "") + ". " + detail, ""]
 
 
 @dataclass
@@ -132,6 +139,12 @@ class Study:
         return run_command(lambda: run(self, argv))
 
 
+def hat_arm() -> Arm:
+    """HAT with a trainable meta-learner: tuned (its rate and the meta-learner's learning rate, after the control)
+    before phase 1, whose meta-learners then train at those values."""
+    return rule_arm("hat", "mlp", extra_space=dict(RULE_LR_SPACE), trainable_rule=True)
+
+
 def parser(study: Study) -> argparse.ArgumentParser:
     """The study's command line: the shared flags, `--snapshots` when it has a phase 1, and its own."""
     p = build_parser(study.doc, f"python -m studies.{study.name}")
@@ -166,11 +179,15 @@ def run(study: Study, argv: list[str] | None = None) -> int:
         epochs = tuple(study.phase1(setup)) if study.phase1 is not None else ()
         runs = 0 if study.phase1 is None or reuse else ctx.scale.hat_runs
         planned = Setup(ctx, args, setup.seeds, MetaLearners.placeholder(ctx.scale.hat_runs, epochs or (1.0,)))
-        bar = progress.progress_bar(progress.plan(ctx.base, ctx.scale, study.arms(planned), runs), study.name,
-                                    ctx.progress)
-        if study.phase1 is not None:
-            setup.meta = (MetaLearners(snapshots_from_dir(reuse), reused=reuse) if reuse else
-                          MetaLearners(snapshot_paths(ctx, train_meta_learners(ctx, epochs, bar))))
+        before = [hat_arm()] if runs else []  # HAT's tuning before phase 1
+        bar = progress.progress_bar(progress.plan(ctx.base, ctx.scale, before + study.arms(planned), runs),
+                                    study.name, ctx.progress)
+        if study.phase1 is not None and reuse:
+            setup.meta = MetaLearners(snapshots_from_dir(reuse), reused=reuse)
+        elif study.phase1 is not None:  # meta-learners train as the learners they are applied to are trained
+            tuned = tune_all(ctx, [control_arm(), hat_arm()], bar)
+            done = train_meta_learners(ctx, epochs, bar, params=tuned["hat"]["params"])
+            setup.meta = MetaLearners(snapshot_paths(ctx, done), settings=tuned["hat"])
         if study.prepare is not None:
             setup.values = study.prepare(setup)
         arms = study.arms(setup)
