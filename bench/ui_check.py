@@ -362,9 +362,15 @@ def check_landing(browser: Browser, base: str, pages: dict, study: str, out: Pat
 
 
 # JavaScript: the description's verdict figure (the note's image served by get-artifact): its box, loaded or not.
+# `on_top`: the browser's hit test at the middle of its part inside the window finds the image itself.
 FIGURE = """(() => { const im = [...document.images].find((i) => i.src.includes('get-artifact') && i.src.includes('verdicts.png'));
   if (!im) return null; const b = im.getBoundingClientRect();
-  return {loaded: im.complete && im.naturalWidth > 0, box: [b.left, b.top, b.right, b.bottom]}; })()"""
+  const x = (Math.max(b.left, 0) + Math.min(b.right, innerWidth)) / 2, y = (Math.max(b.top, 0) + Math.min(b.bottom, innerHeight)) / 2;
+  return {loaded: im.complete && im.naturalWidth > 0, box: [b.left, b.top, b.right, b.bottom],
+          on_top: document.elementFromPoint(x, y) === im}; })()"""
+# JavaScript: unfold the description ("Show more"); true once it shows "Show less".
+EXPAND = """(() => { const b = document.querySelector('[data-testid=show-comment-toggle]'); if (!b) return false;
+  if (b.innerText.includes('more')) { b.click(); return false; } return true; })()"""
 
 
 def check_study(browser: Browser, base: str, pages: dict, client, parent: str, out: Path) -> list[str]:
@@ -382,8 +388,7 @@ def check_study(browser: Browser, base: str, pages: dict, client, parent: str, o
         problems.append(f"{page}: the run has no verdict tags")
     if "mlflow.note.content" not in tags:
         problems.append(f"{page}: the run has no note (tag mlflow.note.content)")
-    browser.eval("(() => { const b = document.querySelector('[data-testid=show-comment-toggle]');"
-                 " if (b && b.innerText.includes('more')) b.click(); })()")  # "Show more": the whole note
+    browser.wait(EXPAND, timeout=20)  # a short note has no "Show more"
     loaded = browser.wait(f"(() => {{ const f = {FIGURE}; return f && f.loaded; }})()", timeout=30)
     browser.eval("(() => { const h = [...document.querySelectorAll('*')].find((e) => e.childElementCount === 0 &&"
                  " e.textContent.trim() === 'Description'); if (h) h.scrollIntoView({block: 'start'}); })()")
@@ -400,6 +405,9 @@ def check_study(browser: Browser, base: str, pages: dict, client, parent: str, o
                   / max(1.0, (right - left) * (bottom - top)))
         if inside < 0.5:
             problems.append(f"{page}: only {inside:.0%} of the verdict figure is inside the window")
+        if not figure["on_top"]:
+            problems.append(f"{page}: the verdict figure is covered or clipped (the hit test at its middle finds "
+                            "another element)")
         box = (max(left, 0), max(top, 0), min(right, SIZE[0]), min(bottom, SIZE[1]))
         for word in sorted(set(words.values())):
             n = color_pixels(shot, box, VERDICT_COLORS.get(word, "#000000"))
