@@ -36,15 +36,21 @@ def phase1(s: Setup) -> list[float]:
     return sorted({min(EARLY_EPOCH, s.ctx.base.epochs), s.ctx.base.epochs})
 
 
-def pick(s: Setup) -> tuple[list[str], str, str]:
-    """(final snapshot of every run, final snapshot of the first run, its early snapshot)."""
-    _, first = s.meta.first()
-    early = first[min(first, key=lambda e: abs(e - EARLY_EPOCH))]
-    return s.meta.finals(), first[max(first)], early
+def final_of(s: Setup, seed: int) -> str:
+    """The final snapshot of the meta-learner seed `seed` applies (its own: `MetaLearners.of_seed`)."""
+    snaps = s.meta.of_seed(seed)
+    return snaps[max(snaps)]
+
+
+def early_of(s: Setup, seed: int) -> str:
+    """The early (~EARLY_EPOCH) snapshot of that meta-learner."""
+    snaps = s.meta.of_seed(seed)
+    return snaps[min(snaps, key=lambda e: abs(e - EARLY_EPOCH))]
 
 
 def arms(s: Setup) -> list[Arm]:
-    finals, final, early = pick(s)
+    """Every arm that applies a meta-learned rule gives seed s its own meta-learner (`Arm.seed_params`); `mean`
+    averages all of them."""
     return [
         control_arm(),
         rule_arm("converged", "converged", {"c": 2.0}, hypothesis="H-converged"),
@@ -52,10 +58,11 @@ def arms(s: Setup) -> list[Arm]:
         rule_arm("hebb", "hebb"),
         rule_arm("oja", "oja"),
         rule_arm("gha", "gha"),
-        rule_arm("noise", "noise", {"match": "snapshot", "match_params": {"path": final}}),
-        rule_arm("mean", "mean", {"paths": finals}),
-        rule_arm("final", "snapshot", {"path": final}, hypothesis="H-frozen-final"),
-        rule_arm("early", "snapshot", {"path": early}, hypothesis="H-frozen-early"),
+        rule_arm("noise", "noise", {"match": "snapshot"},
+                 seed_params=lambda seed: {"match_params": {"path": final_of(s, seed)}}),
+        rule_arm("mean", "mean", {"paths": s.meta.finals()}),
+        rule_arm("final", "snapshot", hypothesis="H-frozen-final", seed_params=lambda seed: {"path": final_of(s, seed)}),
+        rule_arm("early", "snapshot", hypothesis="H-frozen-early", seed_params=lambda seed: {"path": early_of(s, seed)}),
     ]
 
 
@@ -74,9 +81,10 @@ def hypotheses(s: Setup) -> list[Hypothesis]:
 
 
 def sections(s: Setup, outcome) -> Sections:
-    finals, final, early = pick(s)
-    return Sections(before=s.meta.paragraph(f"Final snapshot used by `final` and `noise`: `{final}`; early snapshot: "
-                                            f"`{early}`; `mean` averages {len(finals)} final snapshots."))
+    return Sections(before=s.meta.paragraph(
+        f"Final seed s applies run s's meta-learner in `final` (its final snapshot), `early` (its snapshot nearest "
+        f"{EARLY_EPOCH:g} epochs) and `noise` (matched to its final snapshot's norm); `mean` averages the "
+        f"{len(s.meta.finals())} final snapshots. Seed 0's: `{final_of(s, 0)}`, `{early_of(s, 0)}`."))
 
 
 STUDY = Study("fixed_rule", "Fixed rules applied to fresh learners", __doc__, arms, hypotheses, phase1=phase1,

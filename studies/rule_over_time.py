@@ -1,10 +1,10 @@
 """The meta-learned rule over time: is M useful early, and is the useful rule transient? (H1, H3, Future Work)
 
-Phase 1 trains `--hat-runs` HAT learners with a trainable meta-learner M and saves M at the snapshot times t
+Phase 1 trains HAT learners (at least one per final seed) with a trainable meta-learner M, saving M at times t
 (default 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20 epochs: the paper's 20-epoch run). A shorter run keeps the times
 <= its length and adds its last epoch (`--time-mode keep`, the default) or scales the times by epochs / 20
 (`--time-mode scale`); times that fall on the same training step are merged, as the trainer does. Phase 2
-applies each snapshot of the first HAT run, frozen, to fresh learners (arms `snap@t`), replays the snapshots in
+applies to final seed s each snapshot of phase-1 run s, frozen (arms `snap@t`), replays the snapshots in
 time (arm `replay`, rule `schedule`: at training time t the snapshot taken at t), and runs the backprop control,
 all paired over the same seeds and tuned on the same budget.
 
@@ -66,15 +66,17 @@ def times(s: Setup) -> tuple[float, ...]:
 
 
 def arms(s: Setup) -> list[Arm]:
-    """control, one frozen snapshot per time of the first phase-1 run, the replay of them all in time, and the
-    shuffled replay (the same snapshots at the same switching times, in a seeded order with none at its own time)."""
-    _, source = s.meta.first()
-    ts = sorted(source)
-    paths = [source[t] for t in ts]
-    shuffled = [paths[k] for k in shuffled_order(len(ts))]
-    return ([control_arm()] + [rule_arm(arm_name(t), "snapshot", {"path": source[t]}, hypothesis="H1") for t in ts] +
-            [rule_arm("replay", "schedule", {"paths": paths}, hypothesis="H3"),
-             rule_arm("shuffled", "schedule", {"paths": shuffled, "epochs": list(ts)}, hypothesis="H3")])
+    """control, one frozen snapshot per time, the replay of them all in time, and the shuffled replay (the same
+    snapshots at the same switching times, in a seeded order with none at its own time); seed s applies the
+    snapshots of its own phase-1 run (`MetaLearners.of_seed`)."""
+    ts, order = times(s), shuffled_order(len(times(s)))
+    paths = lambda seed: [s.meta.of_seed(seed)[t] for t in ts]  # noqa: E731
+
+    return ([control_arm()] + [rule_arm(arm_name(t), "snapshot", hypothesis="H1",
+                                        seed_params=lambda seed, t=t: {"path": s.meta.of_seed(seed)[t]}) for t in ts] +
+            [rule_arm("replay", "schedule", hypothesis="H3", seed_params=lambda seed: {"paths": paths(seed)}),
+             rule_arm("shuffled", "schedule", {"epochs": list(ts)}, hypothesis="H3",
+                      seed_params=lambda seed: {"paths": [paths(seed)[k] for k in order]})])
 
 
 def control_family(times) -> list[Hypothesis]:
@@ -176,9 +178,9 @@ def sections(s: Setup, o: Outcome) -> Sections:
     view, fig_d = distance_section(s.ctx, s.meta.snapshots)
     spe, total = run_length(s.ctx.base, s.ctx.data)
     how = f"the times of the snapshots found in `{s.meta.reused}`" if s.meta.reused else phase1(s)[1]
-    seed, _ = s.meta.first()
     detail = (f"Snapshot times (epochs): {', '.join(f'{t:g}' for t in times(s))} ({how}; {spe} steps per epoch, "
-              f"{total} steps in all). Arms `snap@t` and `replay` use run seed {seed}; the distances use every run.")
+              f"{total} steps in all). Final seed s applies run s's snapshots in `snap@t`, `replay` and `shuffled`; the "
+              "distances use every run.")
     return Sections(before=s.meta.paragraph(detail, "Phase 1: meta-learners over time"),
                     after=h1 + h3_section(s, o) + view, files=[fig_b, fig_d])
 

@@ -118,3 +118,28 @@ def test_phase_one_trains_at_the_tuned_settings(tmp_path):
     lr = params.get("lr_adam", params.get("lr_sgd"))
     assert float(p1[0].data.params["lr"]) == lr and float(p1[0].data.params["rate"]) == params["rate"]
     assert float(p1[0].data.params["rule_lr"]) == params["rule_lr"]
+
+
+def test_each_seed_applies_its_own_meta_learner():
+    from hat.config import preset
+    from studies import fixed_rule, rule_over_time
+    from studies.lib.protocol import MetaLearners, Setup, meta_runs
+
+    meta = MetaLearners({20000 + k: {0.5: f"m{k}e.pt", 1.0: f"m{k}f.pt"} for k in range(3)})
+    assert [meta.of_seed(s)[1.0] for s in range(4)] == ["m0f.pt", "m1f.pt", "m2f.pt", "m0f.pt"]
+    assert meta.of_seed(10001)[1.0] == "m1f.pt"  # tuning seed 10000 + j: run j
+    base = preset("smoke")
+    arms = {a.name: a for a in fixed_rule.arms(Setup(None, None, [0, 1, 2], meta))}
+    for s in range(3):
+        assert arms["final"].config(base, seed=s).rule_params == {"path": f"m{s}f.pt"}
+        assert arms["early"].config(base, seed=s).rule_params == {"path": f"m{s}e.pt"}
+        assert arms["noise"].config(base, seed=s).rule_params["match_params"] == {"path": f"m{s}f.pt"}
+        assert arms["final"].config(base, seed=s).seed == s
+    assert arms["mean"].config(base, seed=1).rule_params == {"paths": ["m0f.pt", "m1f.pt", "m2f.pt"]}
+    rot = {a.name: a for a in rule_over_time.arms(Setup(None, None, [0, 1, 2], meta))}
+    for s in range(3):
+        assert rot["snap@0.5"].config(base, seed=s).rule_params == {"path": f"m{s}e.pt"}
+        assert rot["replay"].config(base, seed=s).rule_params == {"paths": [f"m{s}e.pt", f"m{s}f.pt"]}
+        shuffled = rot["shuffled"].config(base, seed=s).rule_params
+        assert shuffled == {"epochs": [0.5, 1.0], "paths": [f"m{s}f.pt", f"m{s}e.pt"]}
+    assert meta_runs(Scale(seeds=20, hat_runs=5)) == 20 and meta_runs(Scale(seeds=3, hat_runs=8)) == 8

@@ -4,6 +4,7 @@ search space; the backprop control is always an arm (`control_arm`), a local rul
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hat.config import TrainConfig
@@ -18,10 +19,16 @@ class Arm:
     hypothesis: str = ""  # tag: which hypothesis this arm tests
     tags: dict = field(default_factory=dict)  # extra MLflow tags of every run of this arm (e.g. family, kind)
     control: str = "control"  # the arm whose tuned learner settings warm-start (design each) or fix (marginal) this one
+    seed_params: Callable[[int], dict] | None = None  # rule_params of seed s (one meta-learner per seed), or None
 
-    def config(self, base: TrainConfig, params: dict | None = None) -> TrainConfig:
-        """`base` with this arm's overrides and tuned `params` applied."""
+    def config(self, base: TrainConfig, params: dict | None = None, seed: int | None = None) -> TrainConfig:
+        """`base` with this arm's overrides and tuned `params` applied; with `seed`, the run of that seed (its own
+        rule parameters where the arm has `seed_params`)."""
         changes = dict(self.overrides)
+        if seed is not None:
+            changes["seed"] = seed
+            if self.seed_params is not None:
+                changes["rule_params"] = {**changes.get("rule_params", base.rule_params), **self.seed_params(seed)}
         for k, v in (params or {}).items():
             if k in CONDITIONAL:
                 changes["lr"] = v  # lr_adam / lr_sgd: the learning rate of the chosen optimizer
@@ -37,12 +44,14 @@ def control_arm() -> Arm:
 
 
 def rule_arm(name: str, rule: str, rule_params: dict | None = None, extra_space: dict | None = None,
-             hypothesis: str = "", control: str = "control", **overrides) -> Arm:
+             hypothesis: str = "", control: str = "control", seed_params: Callable[[int], dict] | None = None,
+             **overrides) -> Arm:
     """An arm with a local rule: its rate is tuned, plus `extra_space`; `control` names the arm it is compared with
-    (its tuned learner settings warm-start this arm's tuning, or fix them under design marginal)."""
+    (its tuned learner settings warm-start this arm's tuning, or fix them under design marginal); `seed_params`:
+    the rule parameters of seed s (e.g. the snapshot of its own meta-learner)."""
     space = {**RATE_SPACE, **(extra_space or {})}
     return Arm(name, {"rule": rule, "rule_params": dict(rule_params or {}), **overrides}, space, hypothesis,
-               control=control)
+               control=control, seed_params=seed_params)
 
 
 def rule_space(rule: str) -> dict[str, Param]:

@@ -23,21 +23,26 @@ def run_replicates(ctx: Context, arms: list[Arm], tuned: dict[str, dict], seeds:
                    keep: Callable | None = None, queue: str | None = None) -> dict[tuple[str, int], dict]:
     """Each arm's tuned config on every seed (paired); {(arm, seed): result}.
 
-    A unit is one arm on `population` seeds (default `scale.population`), trained together by `hat.population`
-    when more than one; the runs are tagged `phase`, their units queued in `<study>:<queue>` (default: the phase).
+    A unit is one arm on `population` seeds (default `scale.population`; one for an arm with a meta-learner per
+    seed, `Arm.seed_params`), trained together by `hat.population` when more than one; the runs are tagged `phase`, their units queued in `<study>:<queue>` (default: the phase).
     keep(cfg, result) -> dict: values a study keeps beside the result (e.g. dose_response's rate and update norm)."""
     by_name = {a.name: a for a in arms}
     pop = max(1, ctx.scale.population if population is None else population)
-    chunks = [seeds[i : i + pop] for i in range(0, len(seeds), pop)]
-    units = {f"{a.name}|{','.join(map(str, c))}": {"arm": a.name, "seeds": c} for a in arms for c in chunks}
+
+    def chunks(arm):  # an arm with a meta-learner per seed trains its seeds one at a time
+        k = 1 if arm.seed_params is not None else pop
+        return [seeds[i : i + k] for i in range(0, len(seeds), k)]
+
+    units = {f"{a.name}|{','.join(map(str, c))}": {"arm": a.name, "seeds": c} for a in arms for c in chunks(a)}
 
     def fn(key, spec):
         arm = by_name[spec["arm"]]
-        cfg = arm.config(ctx.base, tuned.get(arm.name, {}).get("params"))
+        params = tuned.get(arm.name, {}).get("params")
+        cfg = arm.config(ctx.base, params)
         tags = {**arm.tags, "arm": arm.name, "rule": cfg.rule, "phase": phase, "hypothesis": arm.hypothesis}
         if len(spec["seeds"]) == 1:
             s = spec["seeds"][0]
-            res = [ctx.train(cfg.replace(seed=s), {**tags, "seed": s}, f"{phase} {arm.name} s{s}")]
+            res = [ctx.train(arm.config(ctx.base, params, seed=s), {**tags, "seed": s}, f"{phase} {arm.name} s{s}")]
         else:
             res = ctx.train_population(cfg, spec["seeds"], tags, f"{phase} {arm.name}")
         bar.update(len(res))

@@ -6,9 +6,10 @@ A study declares a `Study`: its arms, hypotheses, what phase 1 must give it, and
 1. The command line (`studies.lib.cli`): preset sizes (`studies.lib.scale`), training flags, stores; every input
    checked before anything is written or logged.
 2. Phase 1 (`studies.lib.phases.train_meta_learners`), when the study needs meta-learners: the control and HAT
-   are tuned first (`hat_arm`), then `scale.hat_runs` HAT runs at those values save their meta-learner at the
-   study's snapshot times, so that the meta-learners train as the learners they are applied to are trained
-   (`--snapshots` reuses an earlier study's).
+   are tuned first (`hat_arm`), then HAT runs at those values, at least one per final seed (`meta_runs`), save
+   their meta-learner at the study's snapshot times, so that the meta-learners train as the learners they are
+   applied to are trained and each final seed applies its own (`MetaLearners.of_seed`; `--snapshots` reuses an
+   earlier study's).
 3. Tuning (`studies.lib.tuning`): one Optuna study per arm, the same number of trials for every arm, objective
    the mean validation accuracy over the tuning seeds (disjoint from the final seeds); the test set is never
    looked at. Replicates: each arm's tuned config on the final seeds 0..N-1; seed s gives every arm the same
@@ -37,7 +38,7 @@ from studies.lib.cli import build_parser, make_context, run_command
 from studies.lib.context import Context, snapshots_from_dir
 from studies.lib.phases import PHASE1_SEED_BASE, snapshot_paths, train_meta_learners, tune_and_replicate
 from studies.lib.scale import TRAIN_OVERRIDES
-from studies.lib.tuning import RULE_LR_SPACE, tune_all
+from studies.lib.tuning import RULE_LR_SPACE, TUNING_SEED_BASE, tune_all
 
 
 @dataclass
@@ -56,6 +57,13 @@ class MetaLearners:
     def finals(self) -> list[str]:
         """The final snapshot of every run, by seed."""
         return [s[max(s)] for _, s in sorted(self.snapshots.items())]
+
+    def of_seed(self, seed: int) -> dict[float, str]:
+        """The snapshots of the meta-learner that run `seed` applies: final seed s (and tuning seed 10000 + s) gets
+        phase-1 run s (cycling when there are fewer runs), so no meta-learner stands for every seed."""
+        runs = sorted(self.snapshots)
+        index = seed - TUNING_SEED_BASE if seed >= TUNING_SEED_BASE else seed
+        return self.snapshots[runs[index % len(runs)]]
 
     def first(self) -> tuple[int, dict[float, str]]:
         """The first run's seed and its snapshots."""
@@ -139,6 +147,11 @@ class Study:
         return run_command(lambda: run(self, argv))
 
 
+def meta_runs(scale) -> int:
+    """Phase-1 runs: at least one per final seed (each seed applies its own meta-learner), `hat_runs` if more."""
+    return max(scale.hat_runs, scale.seeds)
+
+
 def hat_arm() -> Arm:
     """HAT with a trainable meta-learner: tuned (its rate and the meta-learner's learning rate, after the control)
     before phase 1, whose meta-learners then train at those values."""
@@ -177,8 +190,8 @@ def run(study: Study, argv: list[str] | None = None) -> int:
         outcome = study.experiment(setup, bar)
     else:
         epochs = tuple(study.phase1(setup)) if study.phase1 is not None else ()
-        runs = 0 if study.phase1 is None or reuse else ctx.scale.hat_runs
-        planned = Setup(ctx, args, setup.seeds, MetaLearners.placeholder(ctx.scale.hat_runs, epochs or (1.0,)))
+        runs = 0 if study.phase1 is None or reuse else meta_runs(ctx.scale)
+        planned = Setup(ctx, args, setup.seeds, MetaLearners.placeholder(meta_runs(ctx.scale), epochs or (1.0,)))
         before = [hat_arm()] if runs else []  # HAT's tuning before phase 1
         bar = progress.progress_bar(progress.plan(ctx.base, ctx.scale, before + study.arms(planned), runs),
                                     study.name, ctx.progress)
@@ -186,7 +199,7 @@ def run(study: Study, argv: list[str] | None = None) -> int:
             setup.meta = MetaLearners(snapshots_from_dir(reuse), reused=reuse)
         elif study.phase1 is not None:  # meta-learners train as the learners they are applied to are trained
             tuned = tune_all(ctx, [control_arm(), hat_arm()], bar)
-            done = train_meta_learners(ctx, epochs, bar, params=tuned["hat"]["params"])
+            done = train_meta_learners(ctx, epochs, bar, params=tuned["hat"]["params"], runs=meta_runs(ctx.scale))
             setup.meta = MetaLearners(snapshot_paths(ctx, done), settings=tuned["hat"])
         if study.prepare is not None:
             setup.values = study.prepare(setup)

@@ -220,23 +220,23 @@ def tune_arm(ctx, arm, warm: dict | None = None) -> dict:
 
     def objective(trial):
         params = suggest_params(trial, space)
-        cfg = arm.config(ctx.base, {**fixed, **params})
         accs, step = [], 0
         for k in range(ctx.scale.tuning_seeds):
             seed = TUNING_SEED_BASE + k
+            cfg = arm.config(ctx.base, {**fixed, **params}, seed=seed)
 
-            def report(ev, k=k):
+            def report(ev, k=k, floor=prune_from(cfg)):
                 nonlocal step
                 if ev["step"] == 0:
                     return
                 trial.report(ev["val_acc"], step)
                 step += 1
-                if (k > 0 or ev["epoch"] >= prune_from(cfg)) and trial.should_prune():
+                if (k > 0 or ev["epoch"] >= floor) and trial.should_prune():
                     stop = optuna.TrialPruned()
                     stop.run_status = "pruned"  # hat.trainer: the run ends FINISHED, tagged pruned (not KILLED)
                     raise stop
 
-            res = ctx.train(cfg.replace(seed=seed), {**arm.tags, "arm": arm.name, "rule": cfg.rule, "seed": seed, "phase": "tune",
+            res = ctx.train(cfg, {**arm.tags, "arm": arm.name, "rule": cfg.rule, "seed": seed, "phase": "tune",
                                                     "trial": trial.number, "hypothesis": arm.hypothesis},
                             f"tune {arm.name} t{trial.number} s{seed}", callback=report,
                             evaluate_test=False)  # tuning never reads the test set
