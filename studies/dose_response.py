@@ -41,6 +41,7 @@ Run:   python -m studies.dose_response                          # quick preset
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 
@@ -58,15 +59,15 @@ from studies.lib.dose import (
     no_help_lines,
     rate_arm,
     rate_grid,
-    relative_norm,
     rho_at,
     run_arms,
     sweep,
+    train_with_norm,
     write_dose_csv,
     write_norms_csv,
 )
 from studies.lib.figures import plot_dose
-from studies.lib.phases import PHASE1_SEED_BASE, result_dict, train_meta_learners
+from studies.lib.phases import PHASE1_SEED_BASE, train_meta_learners
 from studies.lib.protocol import Outcome, Sections, Setup, Study
 
 RATE_MIN, RATE_MAX, PER_DECADE = 1e-5, 1.0, 1  # the log grid (flags)
@@ -97,11 +98,8 @@ def experiment(s: Setup, bar) -> Outcome:
     tuned = tuning.tune_all(ctx, [control], bar)
     shared = tuned["control"].get("params") or {}
 
-    def norm_train(ctx, cfg, tags, run_name):  # a phase-1 run kept with its relative update norm
-        res = ctx.train(cfg, tags, run_name)
-        return {**result_dict(res, keep_curve=False), "rel_norm": relative_norm(res.curve, hidden)}
-
-    p1 = list(train_meta_learners(ctx, (), bar, params=shared, train=norm_train).values())
+    p1 = list(train_meta_learners(ctx, (), bar, params=shared,
+                                  train=functools.partial(train_with_norm, keep_curve=False)).values())
     rho_m = mean_defined(r["rel_norm"] for r in p1 if r["status"] == "ok")
     results = run_arms(ctx, [control], shared, seeds, hidden, "replicate", bar=bar)
     grid_results, stopped = sweep(ctx, rules_, {r: study_params(r) for r in rules_}, rates, shared, seeds, hidden, s.args.full_grid,

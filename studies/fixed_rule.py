@@ -6,13 +6,17 @@ Phase 1 trains HAT runs and saves their meta-learners; phase 2 applies fixed
 rules to fresh learners, each arm tuned on the same budget and paired with the
 backprop control over the same seeds.
 
-Hypotheses (one Holm family; the test set is used only for these numbers):
-  H-converged     "a priori application of 2*v_j decreases performance" (converged < control)
-  H-frozen-final  a frozen final meta-learner helps a fresh learner (final > control)
-  H-frozen-early  a frozen early (~0.5 epoch) meta-learner helps (early > control)
-and, exploratory, whether converged with a tuned coefficient, hebb, oja, gha,
-noise of matched norm, or the pointwise mean of the final meta-learners beat
-the control.
+Hypotheses (the primary Holm family; the test set is used only for these numbers):
+  H-converged          "a priori application of 2*v_j decreases performance" (converged < control), 2*v_j at
+                       the preset rate (`--rate`, not tuned)
+  H-converged-matched  the same at the rate that gives 2*v_j the update magnitude the meta-learners had
+                       (rho = |local update| / |optimizer step| of the phase-1 runs, matched through one run of
+                       2*v_j at a reference rate, as studies.dose_response does; not tuned)
+  H-frozen-final       a frozen final meta-learner helps a fresh learner (final > control)
+  H-frozen-early       a frozen early (~0.5 epoch) meta-learner helps (early > control)
+Seed s applies its own phase-1 meta-learner. Exploratory (a family of its own): whether converged with a tuned
+coefficient, hebb, oja, gha, noise of matched norm, or the pointwise mean of the final meta-learners beat the
+control.
 
 Run:   python -m studies.fixed_rule                   # quick preset, ~5 min on a 2-core CPU (4 min 20 s measured)
        python -m studies.fixed_rule --preset cpu      # the published answer (docs/results/fixed_rule): 29 min
@@ -22,13 +26,17 @@ Run:   python -m studies.fixed_rule                   # quick preset, ~5 min on 
 
 from __future__ import annotations
 
+import math
 import sys
 
 from studies.lib.analysis import Hypothesis
 from studies.lib.arms import Arm, control_arm, rule_arm, rule_space
+from studies.lib.dose import matched_magnitude
+from studies.lib.phases import PHASE1_SEED_BASE
 from studies.lib.protocol import Sections, Setup, Study
 
 EARLY_EPOCH = 0.5  # the "early" snapshot
+REF_RATE = 1e-4  # reference rate of the magnitude match (one run of 2*v_j at it)
 
 
 def phase1(s: Setup) -> list[float]:
@@ -53,7 +61,9 @@ def arms(s: Setup) -> list[Arm]:
     averages all of them."""
     return [
         control_arm(),
-        rule_arm("converged", "converged", {"c": 2.0}, hypothesis="H-converged"),
+        Arm("converged", {"rule": "converged", "rule_params": {"c": 2.0}}, {}, "H-converged"),  # the preset rate
+        *([Arm("converged@matched", {"rule": "converged", "rule_params": {"c": 2.0}, "rate": matched(s)}, {},
+               "H-converged-matched")] if math.isfinite(matched(s)) else []),
         rule_arm("converged_c", "converged", {"c": 2.0}, rule_space("converged")),
         rule_arm("hebb", "hebb"),
         rule_arm("oja", "oja"),
@@ -66,9 +76,22 @@ def arms(s: Setup) -> list[Arm]:
     ]
 
 
+def matched(s: Setup) -> float:
+    """The rate of 2*v_j at the meta-learners' magnitude (the preset rate while planning, before phase 1)."""
+    return s.values["magnitude"]["rate"] if s.values else s.ctx.base.rate
+
+
+def prepare(s: Setup) -> dict:
+    return {"magnitude": matched_magnitude(s.ctx, "converged", {"c": 2.0}, s.meta.results,
+                                           (s.meta.settings or {}).get("params"), REF_RATE, PHASE1_SEED_BASE)}
+
+
 def hypotheses(s: Setup) -> list[Hypothesis]:
+    matched_h = [Hypothesis("H-converged-matched", "a priori application of 2*v_j at the meta-learners' magnitude "
+                            "decreases performance", "converged@matched", "less")] if math.isfinite(matched(s)) else []
     return [
         Hypothesis("H-converged", "a priori application of 2*v_j decreases performance", "converged", "less"),
+        *matched_h,
         Hypothesis("H-frozen-final", "a frozen final meta-learned rule helps a fresh learner", "final", "greater"),
         Hypothesis("H-frozen-early", "a frozen early (~0.5 epoch) meta-learned rule helps", "early", "greater"),
         Hypothesis("X-converged-c", "converged with a tuned coefficient helps", "converged_c", "greater"),
@@ -81,14 +104,18 @@ def hypotheses(s: Setup) -> list[Hypothesis]:
 
 
 def sections(s: Setup, outcome) -> Sections:
+    m = s.values["magnitude"]
     return Sections(before=s.meta.paragraph(
         f"Final seed s applies run s's meta-learner in `final` (its final snapshot), `early` (its snapshot nearest "
         f"{EARLY_EPOCH:g} epochs) and `noise` (matched to its final snapshot's norm); `mean` averages the "
-        f"{len(s.meta.finals())} final snapshots. Seed 0's: `{final_of(s, 0)}`, `{early_of(s, 0)}`."))
+        f"{len(s.meta.finals())} final snapshots. Seed 0's: `{final_of(s, 0)}`, `{early_of(s, 0)}`. Magnitude: "
+        f"ρ_M = {m['rho_m']:.4g} (phase-1 runs), ρ of 2·v_j at {m['ref_rate']:g} = {m['rho_ref']:.4g}, so "
+        f"`converged@matched` runs at rate {m['rate']:.4g} (`converged` at the preset rate {s.ctx.base.rate:g}; "
+        "neither rate is tuned)."))
 
 
 STUDY = Study("fixed_rule", "Fixed rules applied to fresh learners", __doc__, arms, hypotheses, phase1=phase1,
-              sections=sections)
+              prepare=prepare, sections=sections)
 
 
 main = STUDY.main  # python -m studies.<name>, or main([...flags]) from Python

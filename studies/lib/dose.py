@@ -12,8 +12,9 @@ import numpy as np
 
 from studies.lib import analysis, progress, stats
 from studies.lib.arms import Arm
-from studies.lib.context import Context
+from studies.lib.context import Context, result_dict
 from studies.lib.phases import run_replicates
+from studies.lib.tuning import SHARED_SPACE
 
 
 def rate_grid(rate_min: float, rate_max: float, per_decade: int, extra=()) -> list[float]:
@@ -228,3 +229,33 @@ def check_grid_args(args) -> str | None:
         problems.append(f"--widths {' '.join(map(str, args.widths))}: the learner needs a hidden layer (the "
                         "magnitude of an update is matched on the hidden layers)")
     return problems[0] if problems else None
+
+
+def matched_magnitude(ctx: Context, rule: str, params: dict, phase1: dict, settings: dict, ref_rate: float,
+                      seed: int) -> dict:
+    """The rate at which `rule` has the update magnitude phase 1's meta-learners had: ρ_M, the mean relative update
+    norm of the finished phase-1 runs (`phase1`: {seed: result of `train_with_norm`}), and ρ_R at `ref_rate` from one run of the rule
+    (seed `seed`, the tuned `settings`), computed once for the study (a unit of its own). {"rho_m", "rho_ref",
+    "ref_rate", "rate"}; rate NaN when either magnitude is undefined."""
+    from studies.lib.phases import once
+
+    hidden = len(ctx.base.widths) - 2
+    rho_m = mean_defined(r.get("rel_norm") for r in phase1.values() if r["status"] == "ok")
+
+    learner = {k: v for k, v in (settings or {}).items() if k in SHARED_SPACE}  # not HAT's own rate and rule_lr
+
+    def reference():
+        cfg = rate_arm(rule, ref_rate, ref_rate, params).config(ctx.base, learner, seed=seed)
+        res = ctx.train(cfg, {"arm": arm_name(rule, ref_rate), "rule": rule, "seed": seed, "phase": "magnitude"},
+                        f"magnitude {rule} s{seed}")
+        return {**result_dict(res, keep_curve=False), "rel_norm": relative_norm(res.curve, hidden)}
+
+    ref = once(ctx, f"magnitude-{rule}", reference)
+    rho_ref = ref["rel_norm"] if ref["status"] == "ok" else float("nan")
+    return {"rho_m": rho_m, "rho_ref": rho_ref, "ref_rate": ref_rate, "rate": matched_rate(rho_m, rho_ref, ref_rate)}
+
+
+def train_with_norm(ctx: Context, cfg, tags: dict, run_name: str, keep_curve: bool = True) -> dict:
+    """One run (a phase-1 `train` hook), kept with its relative update norm ρ ("rel_norm")."""
+    res = ctx.train(cfg, tags, run_name)
+    return {**result_dict(res, keep_curve), "rel_norm": relative_norm(res.curve, len(cfg.widths) - 2)}

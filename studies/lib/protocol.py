@@ -36,6 +36,7 @@ from studies.lib.analysis import Hypothesis, convergence
 from studies.lib.arms import Arm, control_arm, rule_arm
 from studies.lib.cli import build_parser, make_context, run_command
 from studies.lib.context import Context, snapshots_from_dir
+from studies.lib.dose import train_with_norm
 from studies.lib.phases import PHASE1_SEED_BASE, snapshot_paths, train_meta_learners, tune_and_replicate
 from studies.lib.scale import TRAIN_OVERRIDES
 from studies.lib.tuning import RULE_LR_SPACE, TUNING_SEED_BASE, tune_all
@@ -48,6 +49,7 @@ class MetaLearners:
     snapshots: dict[int, dict[float, str]]
     reused: str | None = None  # the --snapshots folder they were reused from; None: this study's phase 1
     settings: dict | None = None  # the tuned values phase 1 trained at ({"params", "value"} of the `hat` tuning)
+    results: dict = field(default_factory=dict)  # {seed: phase-1 unit result (curve and diagnostics)}; {} if reused
 
     @classmethod
     def placeholder(cls, runs: int, epochs) -> MetaLearners:
@@ -199,8 +201,9 @@ def run(study: Study, argv: list[str] | None = None) -> int:
             setup.meta = MetaLearners(snapshots_from_dir(reuse), reused=reuse)
         elif study.phase1 is not None:  # meta-learners train as the learners they are applied to are trained
             tuned = tune_all(ctx, [control_arm(), hat_arm()], bar)
-            done = train_meta_learners(ctx, epochs, bar, params=tuned["hat"]["params"], runs=meta_runs(ctx.scale))
-            setup.meta = MetaLearners(snapshot_paths(ctx, done), settings=tuned["hat"])
+            done = train_meta_learners(ctx, epochs, bar, params=tuned["hat"]["params"], runs=meta_runs(ctx.scale),
+                                       train=train_with_norm)
+            setup.meta = MetaLearners(snapshot_paths(ctx, done), settings=tuned["hat"], results=done)
         if study.prepare is not None:
             setup.values = study.prepare(setup)
         arms = study.arms(setup)
