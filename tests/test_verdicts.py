@@ -77,13 +77,15 @@ def test_analysis_verdicts_are_values_of_the_paired_comparison():
 
     h = Hypothesis("H-converged", "a priori application of 2*v_j decreases performance", "converged", "less")
     c = SimpleNamespace(verdict="refuted", mean_diff=-0.0612, ci_lo=-0.4049, ci_hi=0.2826, margin=0.5, n=20,
-                        n_failed_arm=1, n_failed_control=0, n_missing=0, p_below_holm=0.01234, p_holm=1.0)
+                        n_failed_arm=1, n_failed_control=0, n_missing=0, p_below_holm=0.01234, p_holm=1.0, family=3,
+                        method="bootstrap-t")
     stable = Hypothesis("H-stable", "HAT is more stable", "hat", "less", metric="val_std_last")
-    c2 = SimpleNamespace(**{**vars(c), "verdict": "inconclusive", "margin": 0.25, "n_failed_arm": 0})
+    c2 = SimpleNamespace(**{**vars(c), "verdict": "inconclusive", "margin": 0.25, "n_failed_arm": 0, "method": "t"})
     v, v2 = verdicts([h, stable], [c, c2])
-    assert v.line() == ("VERDICT H-converged: REFUTED — a priori application of 2*v_j decreases performance (test_acc: "
-                        "Δ = -0.06 accuracy points, 95% CI [-0.40, +0.28], margin 0.5, n = 20, 1/0 diverged, 0 missing, "
-                        "Holm p below margin = 0.0123, Holm p = 1)")
+    assert v.line() == ("VERDICT H-converged: REFUTED — a priori application of 2*v_j decreases performance (primary "
+                        "family of 3; test_acc: Δ = -0.06 accuracy points, 95% CI [-0.40, +0.28] (bootstrap-t: diverged "
+                        "runs among the pairs), margin 0.5, n = 20, 1/0 diverged, 0 missing, Holm p below margin = "
+                        "0.0123, Holm p = 1)")
     assert (v.metric, v.diff, v.ci) == ("test_acc", -0.0612, (-0.4049, 0.2826))
     assert v2.row() == {"hypothesis": "H-stable", "verdict": "inconclusive", "claim": "HAT is more stable",
                         "metric": "val_std_last", "Δ": "-0.06", "95% CI": "[-0.40, +0.28]"}
