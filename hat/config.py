@@ -11,6 +11,7 @@ from hat.choices import ACTIVATIONS, OPTIMIZERS
 
 LABEL_MODES = ("subset", "batch")
 OUTPUT_RULE_ACTS = ("identity", "hidden")  # what M sees as v_j at the output layer
+RULE_POSTS = ("activation", "preactivation")  # what M sees as v_j at every layer
 FASHION_TRAIN, FASHION_INPUTS, FASHION_CLASSES = 60_000, 784, 10  # Fashion-MNIST: training examples, pixels, classes
 
 
@@ -47,6 +48,9 @@ class TrainConfig:
     local_layers: tuple[int, ...] | None = None  # layer indices with local updates (None: all)
     per_sample: bool = False  # authors' variant: each sample's output uses its own update
     output_rule_act: str = "identity"  # v_j that M sees at the output layer: identity (the raw logits) or hidden (sigma, as in Algorithm 1); logits stay linear
+    rule_post: str = "activation"  # v_j that M sees: activation (act(z), at the output layer as --output-rule-act says) or preactivation (z = W v + b at every layer, the authors' code: old_vj = fc(out))
+    backprop_through_updated_w: bool = False  # gradients into a layer's input flow through W' instead of W (the authors' code updates W in place before backward)
+    zero_grad_input_after_unlabeled: bool = False  # after a step without labels M's |grad| input is zeros (the authors' in-place zero_grad), not the last labeled step's
     # optimization
     optimizer: str = "adam"  # learner optimizer: adam or sgd
     lr: float = 1e-3  # learner learning rate
@@ -136,6 +140,14 @@ class TrainConfig:
             bad("label_mode", f"expected one of {', '.join(LABEL_MODES)}")
         if self.output_rule_act not in OUTPUT_RULE_ACTS:
             bad("output_rule_act", f"expected one of {', '.join(OUTPUT_RULE_ACTS)}")
+        if self.rule_post not in RULE_POSTS:
+            bad("rule_post", f"expected one of {', '.join(RULE_POSTS)}")
+        if self.rule_post == "preactivation" and self.output_rule_act != "identity":
+            bad("output_rule_act", "expected identity with --rule-post preactivation (M sees z = W v + b at every "
+                "layer, the raw logits at the output layer)")
+        for name in ("backprop_through_updated_w", "zero_grad_input_after_unlabeled"):
+            if not isinstance(getattr(self, name), bool):
+                bad(name, "expected true or false")
         positive_int("val_size")
         if self.val_size >= FASHION_TRAIN:
             bad("val_size", f"expected fewer than the {FASHION_TRAIN} training examples")
@@ -180,7 +192,9 @@ class TrainConfig:
 
 
 PAPER_MLP = {"inputs": ["pre", "w", "post"], "hidden": 100, "act": "relu"}
-AUTHORS_MLP = {"inputs": ["pre", "w", "post", "grad"], "hidden": 30, "act": "tanh"}
+# M of the authors' code: a 1x1 convolution 4 -> 30 -> 1 on (v_i, w_ij, v_j, |grad|), tanh (ReLU before commit 7876bb0),
+# torch's default initialization (every parameter within +-1/sqrt(its fan-in): the first bias within +-1/sqrt(4))
+AUTHORS_MLP = {"inputs": ["pre", "w", "post", "grad"], "hidden": 30, "act": "tanh", "bias_init": "fan_in"}
 
 PRESETS: dict[str, dict] = {
     # seconds on a CPU: what the tests run
@@ -192,10 +206,14 @@ PRESETS: dict[str, dict] = {
     # the paper's setting, meant for a GPU
     "paper": dict(widths=(784, 183, 10), act="sigmoid", batch_size=50, epochs=20.0, mlp=PAPER_MLP,
                   snapshot_epochs=(0.1, 0.25, 0.5, 1, 2, 5, 10, 20)),
-    # the authors' 2019 code
+    # the authors' published code (jeffreyscheng/meta_unsupervised at 7876bb0: experiment_0_util/hebbian_frame.py
+    # HebbianNet.train_forward, meta_framework.py, hyperparameters.py); studies/lib/authors_diff.py lists how it
+    # differs from Algorithm 1 and from the other presets. The rates are hyperparameters.py's defaults (meta 0.1, local
+    # 1e-4); their experiment-1 runs swept meta 1e-5..1e-2 and local 1e-10..1e-5 instead (studies.authors tunes there).
     "authors": dict(widths=(784, 256, 128, 100, 10), act="relu", logit_relu=True, optimizer="sgd", lr=5e-4,
                     rule_optimizer="sgd", rule_lr=0.1, batch_size=10, rate=1e-4, per_sample=True,
-                    mlp=AUTHORS_MLP),
+                    mlp=AUTHORS_MLP, label_mode="batch", rule_post="preactivation", backprop_through_updated_w=True,
+                    zero_grad_input_after_unlabeled=True),
 }
 
 

@@ -84,6 +84,41 @@ def linear(v: Tensor, w: Tensor, b: Tensor) -> Tensor:
     return torch.baddbmm(b[:, None, :], v, w.transpose(1, 2))  # (P, B, O)
 
 
+class LaterWeights:
+    """Where `linear_backward_via` finds the weights its backward multiplies by: set once they are known."""
+
+    w: Tensor | None = None
+
+
+class _LinearBackwardVia(torch.autograd.Function):
+    """z = v W^T + b forward; backward: dL/dv = dL/dz @ later.w (not W), dL/dW = dL/dz^T v, dL/db = sum dL/dz."""
+
+    @staticmethod
+    def forward(ctx, v, w, b, later):
+        ctx.save_for_backward(v)
+        ctx.later = later
+        return linear(v, w, b)
+
+    @staticmethod
+    def backward(ctx, gz):
+        (v,) = ctx.saved_tensors
+        w_later = ctx.later.w
+        if w_later is None:
+            raise RuntimeError("linear_backward_via: the weights of the backward were never set")
+        gv = gz @ w_later if ctx.needs_input_grad[0] else None  # (P, B, O) @ (P, O, I)
+        gw = gz.transpose(-1, -2) @ v if ctx.needs_input_grad[1] else None  # (P, O, B) @ (P, B, I)
+        gb = gz.sum(-2) if ctx.needs_input_grad[2] else None  # (P, O)
+        return gv, gw, gb, None
+
+
+def linear_backward_via(v: Tensor, w: Tensor, b: Tensor, later: LaterWeights) -> Tensor:
+    """`linear(v, w, b)`, whose gradient into v is taken through `later.w` (set before the backward), as if W had been
+    replaced by it in place after the forward: the authors' code adds the local update to `layer.data` before
+    `backward`, so autograd's saved W is W' (TrainConfig.backprop_through_updated_w). Gradients into W and b are
+    the plain ones."""
+    return _LinearBackwardVia.apply(v, w, b, later)
+
+
 def layer_params(learners) -> list[tuple[list[Tensor], list[Tensor]]]:
     """Per layer, the P learners' weight and bias tensors (indexing ParameterLists every step is slow)."""
     return [([lr.weights[k] for lr in learners], [lr.biases[k] for lr in learners]) for k in range(learners[0].n_layers)]
@@ -97,6 +132,8 @@ def forward(learners, rules, x: Tensor, cfg, grads: list[Tensor | None], layers:
     `layers`: `layer_params(learners)`, when the caller keeps it.
     Returns logits (P, B, C) and W' per layer (P, O, I).
     At P = 1 the layers compute on the pair's own tensors (module docstring); shapes below are for P > 1.
+    The authors' options of `cfg` act here: `rule_post` (M's v_j is z itself) and `backprop_through_updated_w`
+    (z's gradient into v goes through W', `linear_backward_via`).
     """
     layers = layers or layer_params(learners)
     lr0, n_layers = learners[0], learners[0].n_layers
@@ -104,16 +141,19 @@ def forward(learners, rules, x: Tensor, cfg, grads: list[Tensor | None], layers:
     v = x[0] if one else x  # (B, I) at P = 1, else (P, B, I)
     new_ws = []
     local = set(range(n_layers)) if cfg.local_layers is None else set(cfg.local_layers)
+    preact = cfg.rule_post == "preactivation"
+    via_new_w = cfg.backprop_through_updated_w
     for layer in range(n_layers):
         w = join(layers[layer][0], one)  # (P, O, I)
         b = join(layers[layer][1], one)  # (P, O)
         act = lr0.layer_act(layer, cfg.logit_relu)
-        z = linear(v, w, b)  # (P, B, O)
         if rules is None or layer not in local:
-            v = act(z)
+            v = act(linear(v, w, b))  # (P, B, O)
             new_ws.append(w)
             continue
-        v_hat = lr0.rule_post_act(layer, cfg)(z)  # (P, B, O): placeholder output, as M sees it
+        later = LaterWeights() if via_new_w else None
+        z = linear(v, w, b) if later is None else linear_backward_via(v, w, b, later)  # (P, B, O)
+        v_hat = z if preact else lr0.rule_post_act(layer, cfg)(z)  # (P, B, O): placeholder output, as M sees it
         pre, ww, post = (v.detach(), w.detach(), v_hat.detach()) if cfg.detach_rule_inputs else (v, w, v_hat)
         for r in rules:
             r.set_layer(layer)  # rules with per-layer coefficients or state (`Rule.set_layer`)
@@ -122,6 +162,8 @@ def forward(learners, rules, x: Tensor, cfg, grads: list[Tensor | None], layers:
             g = grads[layer][0] if one else grads[layer]  # (P, O, I)
         d = population_delta(rules, pre, ww, post, g)  # (P, O, I)
         w_new = w + cfg.rate * d
+        if later is not None:
+            later.w = w_new.detach()  # the W' that the backward multiplies z's gradient by
         if cfg.per_sample:
             v = act(z + cfg.rate * population_drive(rules, pre, ww, post, g))  # (P, B, O)
         else:

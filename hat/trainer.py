@@ -15,6 +15,12 @@ A training step (Algorithm 1 of the paper, with the issue's conventions):
 Layers without a local update, and every layer of the control, just compute
 v = act(z). With rate 0 the HAT step equals the control bit for bit.
 
+The authors' code (preset `authors`) differs in options of TrainConfig, each off by default: `per_sample`
+(v = act(z + rate * D_b v_b), each sample with its own update), `logit_relu`, `rule_post="preactivation"`
+(M's v_j is z, not v_hat), `backprop_through_updated_w` (the gradient into v through z is taken with W',
+as their in-place `layer.data += mean(shift)` before `backward` makes autograd do) and
+`zero_grad_input_after_unlabeled` (after a step without labels, |g| is zeros: their in-place `zero_grad`).
+
 One code path: `train_population(cfg, seeds)` trains P (learner, rule) pairs with
 the batched step of `hat.population` (stacked weights, one batched matmul per layer,
 one kernel call for all P meta-learners, one loss, one host sync and one
@@ -113,8 +119,11 @@ def build_rule(cfg: TrainConfig) -> rules.Rule:
     """The rule of `cfg` (rule `mlp`: --mlp under --rule-params) with the run's context, where its class declares it
     (`Rule.context`): the seed (each seed's meta-learner starts differently), the learner's number of weight layers,
     and the loader of saved rules (`hat.snapshots`; rule parameters name snapshots by path). Frozen when
-    `trainable_rule` is off."""
+    `trainable_rule` is off. A rule whose constructor takes `widths` (the learner's layer sizes: `abcd` with
+    per-synapse coefficients) is given the run's unless its parameters set them."""
     params = {**cfg.mlp, **cfg.rule_params} if cfg.rule == "mlp" else dict(cfg.rule_params)
+    if "widths" not in params and "widths" in rules.accepted_params(rules.rule_class(cfg.rule))[0]:
+        params["widths"] = list(cfg.widths)
     rule = rules.build(cfg.rule, params, seed=cfg.seed, n_layers=len(cfg.widths) - 1,
                        loader=snapshots.rule_from_snapshot)
     if not cfg.trainable_rule:
@@ -303,8 +312,12 @@ class Population:
                     local.append(None)  # no local update: |local| = 0, cos = 0
                     before.append(population.stack(ws).clone())  # (P, O, I)
                 g.append(population.stack([w.grad if w.grad is not None else torch.zeros_like(w) for w in ws]))
-                self.grads[layer] = g[-1].abs() if every else torch.where(mask[:, None, None], g[-1].abs(),
-                                                                         self.grads[layer])
+                if every:
+                    self.grads[layer] = g[-1].abs()
+                elif cfg.zero_grad_input_after_unlabeled:  # a pair that did not step reads zeros next step
+                    self.grads[layer] = torch.where(mask[:, None, None], g[-1].abs(), 0.0)
+                else:  # a pair that did not step keeps its last labeled step's |grad|
+                    self.grads[layer] = torch.where(mask[:, None, None], g[-1].abs(), self.grads[layer])
             for p in range(self.size):
                 if not stepping[p]:  # no step for this pair: drop the zeros its slice received
                     for q in self.pair_params[p]:

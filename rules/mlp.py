@@ -1,8 +1,14 @@
 """`mlp`: the meta-learner M(v_i, w_ij, v_j[, |g_ij|]) as a one-hidden-layer MLP.
 
 Paper preset: inputs (pre, w, post), 100 ReLU units. Authors' preset: inputs
-(pre, w, post, grad), 30 tanh units. Trainable by default; `trainable=False`
-freezes it (its inputs still carry gradients to the learner). Its `delta` and
+(pre, w, post, grad), 30 tanh units, `bias_init="fan_in"`. Trainable by default; `trainable=False`
+freezes it (its inputs still carry gradients to the learner).
+
+Initialization, from `seed`: every weight uniform within +-1/sqrt(its fan-in) (torch's default for
+nn.Linear, and for the authors' 1x1 nn.Conv2d); the biases within +-1/sqrt(hidden) (`bias_init="hidden"`,
+the default), or each within +-1/sqrt(its layer's fan-in) (`bias_init="fan_in"`: torch's default, so the
+first layer's bias within +-1/sqrt(number of inputs), +-1/2 for the authors' 4 inputs, against +-1/sqrt(30)).
+`init_std` replaces every bound. Its `delta` and
 `per_sample_drive` are the kernels of `hat.kernels` (`mlp_form`), and so are
 those of the frozen rules built from saved M's (snapshot, mean, schedule).
 """
@@ -28,13 +34,16 @@ def _is_real(v) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
+BIAS_INITS = ("hidden", "fan_in")  # bound of the biases' uniform init: 1/sqrt(hidden), or 1/sqrt(the layer's fan-in)
+
+
 @register("mlp")
 class MLPRule(ElementwiseRule):
     kind = "meta-learned"
     context = ("seed",)
 
     def __init__(self, inputs=("pre", "w", "post"), hidden: int = 100, act: str = "relu",
-                 init_std: float | None = None, seed: int = 0, trainable: bool = True):
+                 init_std: float | None = None, seed: int = 0, trainable: bool = True, bias_init: str = "hidden"):
         super().__init__()
         if isinstance(inputs, str) or not isinstance(inputs, list | tuple):
             raise ValueError(f"mlp inputs must be a list of names among {kernels.INPUT_NAMES}, got {inputs!r}")
@@ -51,6 +60,9 @@ class MLPRule(ElementwiseRule):
             raise ValueError(f"init_std={init_std!r}: expected a finite number > 0, or null for the default")
         if not _is_int(seed):
             raise ValueError(f"seed={seed!r}: expected an integer")
+        if bias_init not in BIAS_INITS:
+            raise ValueError(f"bias_init={bias_init!r}: expected one of {', '.join(BIAS_INITS)}")
+        self.bias_init = bias_init
         self.hidden = int(hidden)
         self.uses_grad = "grad" in self.inputs
         self.hidden_width = self.hidden
@@ -60,8 +72,11 @@ class MLPRule(ElementwiseRule):
         self.l2 = nn.Linear(self.hidden, 1)
         gen = torch.Generator().manual_seed(self.seed)
         with torch.no_grad():
-            for p in (self.l1.weight, self.l1.bias, self.l2.weight, self.l2.bias):
-                bound = 1.0 / max(1, p.shape[-1] if p.dim() > 1 else self.hidden) ** 0.5
+            for p, fan_in in ((self.l1.weight, len(self.inputs)), (self.l1.bias, len(self.inputs)),
+                              (self.l2.weight, self.hidden), (self.l2.bias, self.hidden)):
+                if p.dim() == 1 and bias_init == "hidden":
+                    fan_in = self.hidden
+                bound = 1.0 / max(1, fan_in) ** 0.5
                 p.copy_((torch.rand(p.shape, generator=gen) * 2 - 1) * (init_std or bound))
         self.set_trainable(trainable)
 
@@ -96,7 +111,8 @@ class MLPRule(ElementwiseRule):
 
     def describe(self):
         return {"rule": self.name, "inputs": ",".join(self.inputs), "hidden": self.hidden,
-                "act": self.act, "trainable": self.trainable}
+                "act": self.act, "trainable": self.trainable,
+                **({"bias_init": self.bias_init} if self.bias_init != "hidden" else {})}
 
 
 def example_loader(saved: dict[str, MLPRule]) -> Loader:
