@@ -8,10 +8,14 @@ Holm family per question):
   abcd     the generalized Hebbian rule A v_i v_j + B v_i + C v_j + D (Najarro & Risi 2020), per-layer
            coefficients meta-learned exactly like M (same backward pass, same rule optimizer, trained
            alongside the learner): rate and rule learning rate tuned
+  abcd_synapse  the same rule as Najarro & Risi wrote it, eta (A v_i v_j + B v_i + C v_j + D) with every
+           synapse's own A, B, C, D and eta (rule abcd, per_synapse), meta-learned like M: rate and rule
+           learning rate tuned
   terms    a linear combination of candidate plasticity terms with an L1 penalty (Shervani-Tabar &
            Rosenbaum 2023), meta-learned like M: rate and rule learning rate tuned
   bcm      the BCM rule v_i v_j (v_j - theta_j), fixed: rate tuned
-  krotov   the Krotov-Hopfield competitive rule on the hidden layer, fixed: rate tuned
+  krotov   the Krotov-Hopfield competitive rule on the hidden layer in its reference form (the update divided
+           by its largest entry, rule krotov with divide_by_max), fixed: rate tuned
   control  backprop
 The meta-learned families are trained alongside the learner, as the paper trains M (not frozen and
 transferred: `studies.fixed_rule` and `studies.mean_rule` test frozen M's); their final coefficients are
@@ -50,7 +54,10 @@ from studies.lib.league import REFERENCE, coefficient_section, rank_bootstrap, r
 from studies.lib.protocol import Outcome, Sections, Setup, Study
 from studies.lib.verdicts import Verdict
 
-FAMILIES = ("mlp", "abcd", "terms", "bcm", "krotov")  # the default league; --families takes any meta-learned or fixed rule
+FAMILIES = ("mlp", "abcd", "abcd_synapse", "terms", "bcm", "krotov")  # the default league; --families takes any meta-learned or fixed rule
+# families that are a registered rule with parameters: {family: (rule, rule_params)}; any other family is its rule
+VARIANTS = {"abcd_synapse": ("abcd", {"per_synapse": True}),  # Najarro & Risi's per-synapse A, B, C, D, eta
+            "krotov": ("krotov", {"divide_by_max": True})}  # the reference form (Krotov's notebook, pytorch-hebbian)
 RANK_SEED = 0  # bootstrap of the ranks
 DEFAULTS = {"snapshot_epochs": ()}  # only the meta-learned arms save their rule (at the end, see arms)
 
@@ -63,7 +70,7 @@ def kinds(s: Setup) -> dict[str, str]:
     """Each arm's kind, from the registry (`Rule.kind`): control, meta-learned or fixed."""
     import rules
 
-    return {"control": "control", **{f: rules.rule_class(f).kind for f in families(s)}}
+    return {"control": "control", **{f: rules.rule_class(VARIANTS.get(f, (f,))[0]).kind for f in families(s)}}
 
 
 def arms(s: Setup) -> list[Arm]:
@@ -73,11 +80,12 @@ def arms(s: Setup) -> list[Arm]:
     out = [control_arm()]
     for f in families(s):
         hyp = "reference" if f == REFERENCE else f"H-match-{f}"
+        rule, params = VARIANTS.get(f, (f, {}))
         if kinds(s)[f] == "meta-learned":
-            out.append(rule_arm(f, f, extra_space=dict(tuning.RULE_LR_SPACE), hypothesis=hyp, trainable_rule=True,
-                                snapshot_epochs=(float(s.ctx.base.epochs),)))
+            out.append(rule_arm(f, rule, params, extra_space=dict(tuning.RULE_LR_SPACE), hypothesis=hyp,
+                                trainable_rule=True, snapshot_epochs=(float(s.ctx.base.epochs),)))
         else:
-            out.append(rule_arm(f, f, hypothesis=hyp))
+            out.append(rule_arm(f, rule, params, hypothesis=hyp))
     for arm in out:
         arm.tags = {"family": arm.name, "kind": kinds(s)[arm.name]}
     return out
@@ -155,10 +163,12 @@ def sections(s: Setup, o: Outcome) -> Sections:
 def flags(parser) -> None:
     import rules
 
-    choices = rules.names(kind="meta-learned") + rules.names(kind="fixed")
+    choices = rules.names(kind="meta-learned") + rules.names(kind="fixed") + [v for v in VARIANTS
+                                                                               if v not in rules.available()]
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=choices,
                         help=f"rule families in the league (default: {' '.join(FAMILIES)}; any meta-learned or fixed "
-                        f"rule of the registry; {REFERENCE} is the reference of the match hypotheses)")
+                        f"rule of the registry, or a variant: {', '.join(f'{k} = {r} {p}' for k, (r, p) in VARIANTS.items())}"
+                        f"; {REFERENCE} is the reference of the match hypotheses)")
 
 
 STUDY = Study("rule_league", "A league of rule families", __doc__, arms, league_family, defaults=DEFAULTS,
