@@ -75,9 +75,12 @@ def test_h3_compares_the_replay_with_a_shuffled_replay():
         order = shuffled_order(k)
         assert sorted(order) == list(range(k)) and all(i != j for i, j in enumerate(order))
     assert shuffled_order(5) == shuffled_order(5)  # seeded
+    from hat.config import preset
+
     meta = MetaLearners({20000: {0.1: "a.pt", 0.5: "b.pt", 1.0: "c.pt"}})
     arms = {a.name: a for a in rot.arms(Setup(None, None, [0], meta))}
-    replay, shuffled = arms["replay"].overrides["rule_params"], arms["shuffled"].overrides["rule_params"]
+    base = preset("smoke")
+    replay, shuffled = (arms[a].config(base, seed=0).rule_params for a in ("replay", "shuffled"))
     assert replay == {"paths": ["a.pt", "b.pt", "c.pt"]}
     assert shuffled["epochs"] == [0.1, 0.5, 1.0] and sorted(shuffled["paths"]) == replay["paths"]
     assert all(p != q for p, q in zip(shuffled["paths"], replay["paths"]))
@@ -113,11 +116,12 @@ def test_phase_one_trains_at_the_tuned_settings(tmp_path):
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     exp = client.get_experiment_by_name("hat").experiment_id
     p1 = client.search_runs([exp], "tags.phase = 'phase1'")
-    assert len(p1) == 1
+    assert len(p1) == 2  # one meta-learner per final seed (--hat-runs 1 < --seeds 2)
     params = seen["settings"]["params"]
     lr = params.get("lr_adam", params.get("lr_sgd"))
-    assert float(p1[0].data.params["lr"]) == lr and float(p1[0].data.params["rate"]) == params["rate"]
-    assert float(p1[0].data.params["rule_lr"]) == params["rule_lr"]
+    for run in p1:
+        assert float(run.data.params["lr"]) == lr and float(run.data.params["rate"]) == params["rate"]
+        assert float(run.data.params["rule_lr"]) == params["rule_lr"]
 
 
 def test_each_seed_applies_its_own_meta_learner():
@@ -129,7 +133,8 @@ def test_each_seed_applies_its_own_meta_learner():
     assert [meta.of_seed(s)[1.0] for s in range(4)] == ["m0f.pt", "m1f.pt", "m2f.pt", "m0f.pt"]
     assert meta.of_seed(10001)[1.0] == "m1f.pt"  # tuning seed 10000 + j: run j
     base = preset("smoke")
-    arms = {a.name: a for a in fixed_rule.arms(Setup(None, None, [0, 1, 2], meta))}
+    arms = {a.name: a for a in fixed_rule.arms(Setup(None, None, [0, 1, 2], meta, {"magnitude": {"rate": 4e-4}}))}
+    assert arms["converged@matched"].config(base).rate == 4e-4 and "rate" not in arms["converged"].space
     for s in range(3):
         assert arms["final"].config(base, seed=s).rule_params == {"path": f"m{s}f.pt"}
         assert arms["early"].config(base, seed=s).rule_params == {"path": f"m{s}e.pt"}
