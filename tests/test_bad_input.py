@@ -1,8 +1,10 @@
 """Bad input: one `error:` line naming the value and what is accepted, exit status 2, no traceback, nothing
-written under --out, no MLflow run (no tracking store at all) and no Optuna storage created.
+written at all (no file or folder appears in the test's folder: no output, no MLflow store, no Optuna storage, no
+lock file, no data folder), never torch's advice to load a file unsafely.
 
 Most cases call the CLIs' main() in-process (SystemExit(2) and captured stderr give the same guarantee as a
-subprocess); two run as real subprocesses to check what a user sees.
+subprocess); a few run as real subprocesses to check what a user sees (an unreachable tracking server within 30 s,
+no store created in the current folder).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -49,7 +52,18 @@ def _broken_snapshot(folder: Path, how: str) -> Path:
         pt.write_bytes(other.read_bytes())
     elif how == "no-json":
         js.unlink()
+    elif how == "pickle":  # a pickled call where tensors should be: loading it unsafely would run code
+        import torch
+
+        torch.save({"l1.weight": _Payload()}, pt)
     return pt
+
+
+class _Payload:
+    """Pickles as a call of os.getpid (harmless): what a malicious snapshot would hold in place of a tensor."""
+
+    def __reduce__(self):
+        return (os.getpid, ())
 
 
 def _truncated_data(folder: Path) -> Path:
@@ -62,6 +76,22 @@ def _truncated_data(folder: Path) -> Path:
         else:
             (raw / f.name).symlink_to(f)
     return folder
+
+
+def _swapped_data(folder: Path) -> Path:
+    """A data folder whose train and t10k files are swapped (links to the real ones)."""
+    raw = folder / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"):
+        (raw / f"train-{kind}").symlink_to(RAW / f"t10k-{kind}")
+        (raw / f"t10k-{kind}").symlink_to(RAW / f"train-{kind}")
+    return folder
+
+
+def _folder(tmp: Path) -> Path:
+    f = tmp / "a_folder"
+    f.mkdir()
+    return f
 
 
 def _snapshot_args(how: str):
@@ -102,6 +132,25 @@ TRAIN_CASES = [
     ("out-under-a-file", lambda t: ["--out", str(_file(t) / "out")], ["a_file", "is a file"]),
     ("truncated-data", lambda t: ["--data", str(_truncated_data(t / "data"))],
      ["train-labels-idx1-ubyte", "truncated", "1,000 bytes", "60,008"]),
+    # the issue "faults and inputs met by a new user"
+    ("rule-params-nan", lambda t: ["--rule", "converged", "--rule-params", '{"c": NaN}'],
+     ["--rule-params", "finite", "NaN"]),
+    ("mlp-hidden-fraction", lambda t: ["--rule", "mlp", "--rule-params", '{"hidden": 2.5}'],
+     ["hidden=2.5", "whole number"]),
+    ("snapshot-epochs-past-end", lambda t: ["--snapshot-epochs", "2"],
+     ["--snapshot-epochs 2", "past the run's end", "--epochs 1"]),
+    ("snapshot-pickle", _snapshot_args("pickle"), ["m.pt", "pickled Python objects", "refused"]),
+    ("out-not-writable", lambda t: ["--out", "/proc/hat-out"], ["/proc", "does not accept new files"]),
+    ("out-name-too-long", lambda t: ["--out", str(t / ("n" * 300))], ["300 bytes", "at most 255"]),
+    ("swapped-data", lambda t: ["--data", str(_swapped_data(t / "data"))],
+     ["train-images-idx3-ubyte", "10,000 items", "swapped"]),
+    ("tracking-uri-folder", lambda t: ["--tracking-uri", f"sqlite:///{_folder(t)}"], ["a_folder", "is a folder"]),
+    ("tracking-uri-not-a-db", lambda t: ["--tracking-uri", f"sqlite:///{_file(t)}"],
+     ["a_file", "not an SQLite database"]),
+    ("tracking-uri-memory", lambda t: ["--tracking-uri", "sqlite://"], ["sqlite://", "in-memory"]),
+    ("unknown-flag", lambda t: ["--bogus"], ["unrecognized arguments: --bogus", "--help"]),
+    ("bad-choice", lambda t: ["--preset", "nope"], ["--preset", "invalid choice: 'nope'"]),
+    ("missing-value", lambda t: ["--rate"], ["--rate", "expected one argument"]),
 ]
 
 STUDY_CASES = [
@@ -127,10 +176,25 @@ STUDY_CASES = [
      ["m.pt", "sha256"]),
     ("out-under-a-file", lambda t: ["--out", str(_file(t) / "out")], ["a_file", "is a file"]),
     ("truncated-data", lambda t: ["--data", str(_truncated_data(t / "data"))], ["train-labels-idx1-ubyte", "truncated"]),
+    # the issue "faults and inputs met by a new user"
+    ("storage-memory", lambda t: ["--storage", "sqlite://"], ["sqlite://", "in-memory", "resume"]),
+    ("storage-not-a-db", lambda t: ["--storage", f"sqlite:///{_file(t)}"], ["a_file", "not an SQLite database"]),
+    ("storage-folder", lambda t: ["--storage", f"sqlite:///{_folder(t)}"], ["a_folder", "is a folder"]),
+    ("storage-uncreatable", lambda t: ["--storage", "sqlite:////proc/hat-store/o.db"],
+     ["/proc", "does not accept new files"]),
+    ("tracking-uri-not-a-db", lambda t: ["--tracking-uri", f"sqlite:///{_file(t)}"],
+     ["a_file", "not an SQLite database"]),
+    ("tracking-uri-folder", lambda t: ["--tracking-uri", f"sqlite:///{_folder(t)}"], ["a_folder", "is a folder"]),
+    ("out-not-writable", lambda t: ["--out", "/proc/hat-out"], ["/proc", "does not accept new files"]),
+    ("swapped-data", lambda t: ["--data", str(_swapped_data(t / "data"))], ["10,000 items", "swapped"]),
+    ("rule-params-nan", lambda t: ["--rule", "converged", "--rule-params", '{"c": NaN}'], ["--rule-params", "finite"]),
+    ("unknown-flag", lambda t: ["--bogus"], ["unrecognized arguments: --bogus", "--help"]),
+    ("bad-choice", lambda t: ["--design", "some"], ["--design", "invalid choice: 'some'"]),
 ]
 
 
 def _check(capsys, tmp_path: Path, call, words: list[str]) -> None:
+    before = set(tmp_path.rglob("*"))  # what the case itself set up (broken snapshots, data folders, ...)
     with pytest.raises(SystemExit) as e:
         call()
     assert e.value.code == 2
@@ -138,12 +202,11 @@ def _check(capsys, tmp_path: Path, call, words: list[str]) -> None:
     lines = [ln for ln in captured.err.splitlines() if ln.strip()]
     assert len(lines) == 1, captured.err
     assert lines[0].startswith("error: ") and "Traceback" not in captured.err + captured.out
+    assert "weights_only" not in lines[0]  # never torch's advice to load a file unsafely
     for w in words:
         assert w in lines[0], (w, lines[0])
-    out = tmp_path / "out"
-    assert not out.exists() or not any(out.iterdir()), list(out.rglob("*"))
-    assert not (tmp_path / "mlflow.db").exists()  # no tracking store, hence no run
-    assert not (tmp_path / "optuna.db").exists()
+    # nothing written: no output, no tracking store (hence no run), no Optuna storage, no lock, no data folder
+    assert set(tmp_path.rglob("*")) == before, sorted(map(str, set(tmp_path.rglob("*")) - before))
 
 
 @pytest.mark.parametrize("case", TRAIN_CASES, ids=[c[0] for c in TRAIN_CASES])
@@ -220,3 +283,93 @@ def test_bad_input_as_a_user_sees_it(module, args, words, tmp_path):
     lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and all(w in lines[0] for w in words), out.stderr
     assert not (tmp_path / "out").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_long_name_with_the_default_out(tmp_path, capsys):
+    """A --name too long for a folder name, with the default --out (runs/<name> in the repository)."""
+    from studies import fixed_rule
+
+    name = "n" * 300
+    argv = ["--preset", "smoke", "--no-progress", "--name", name, "--storage", f"sqlite:///{tmp_path}/optuna.db",
+            "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"]
+    _check(capsys, tmp_path, lambda: fixed_rule.main(argv), ["--name", "300 bytes", "at most 255"])
+    assert not (REPO / "runs" / name).exists()
+
+
+def test_empty_data_folder_stays_empty(tmp_path, capsys, monkeypatch):
+    """Offline, an empty --data folder is reported (the download fails) and left empty: no FashionMNIST/raw."""
+    import torchvision
+
+    monkeypatch.setattr(torchvision.datasets.FashionMNIST, "mirrors", ["http://127.0.0.1:1/"])  # offline, at once
+    from hat import train
+
+    data = tmp_path / "data"
+    data.mkdir()
+    argv = ["--preset", "smoke", "--device", "cpu", "--no-progress", "--out", str(tmp_path / "out"),
+            "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--data", str(data)]
+    _check(capsys, tmp_path, lambda: train.main(argv), ["could not be downloaded", "HAT_DATA"])
+    assert not any(data.iterdir())
+
+
+@pytest.mark.parametrize("module,flag", [("hat.train", "--rate"), ("hat.train", "--rule-lr"),
+                                         ("studies.fixed_rule", "--rate")])
+def test_negative_numbers_in_scientific_notation_are_values(module, flag):
+    """`--rate -1e300` is a value (argparse took it for an unknown flag and wanted `--rate=-1e300`)."""
+    import importlib
+
+    if module == "hat.train":
+        parser = importlib.import_module(module).build_parser()
+    else:
+        from studies.lib.protocol import parser as study_parser
+
+        parser = study_parser(importlib.import_module(module).STUDY)
+    dest = flag[2:].replace("-", "_")
+    for text, value in (("-1e300", -1e300), ("-2.5E-3", -2.5e-3), ("-inf", float("-inf")), ("-3", -3.0)):
+        assert getattr(parser.parse_args([flag, text]), dest) == value
+
+
+@pytest.mark.parametrize("module", ["hat.train", "studies.fixed_rule"])
+def test_unreachable_tracking_server(module, tmp_path):
+    """A tracking server that does not answer is one line within 30 s (bounded retries), not minutes of silence and
+    a traceback."""
+    env = {**os.environ, "HAT_DATA": str(DATA)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    args = ["--preset", "smoke", "--no-progress", "--tracking-uri", "http://127.0.0.1:1", "--out", str(tmp_path / "out")]
+    if module != "hat.train":
+        args += ["--storage", f"sqlite:///{tmp_path}/optuna.db"]
+    start = time.time()
+    out = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert time.time() - start < 30
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert out.returncode == 2 and len(lines) == 1, out.stderr[-3000:]
+    assert lines[0].startswith("error: ") and "http://127.0.0.1:1" in lines[0] and "no tracking server" in lines[0]
+    assert not any(tmp_path.iterdir())
+
+
+def test_unknown_run_snapshot_creates_no_store(tmp_path):
+    """A runs:/ snapshot is looked up in --tracking-uri; a store that does not exist holds no run: one line, and no
+    store created there nor (MLflow's own default) in the current folder."""
+    env = {**os.environ, "HAT_DATA": str(DATA)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    rule = json.dumps({"path": "runs:/0123456789abcdef/snapshots/m.pt"})
+    out = subprocess.run([sys.executable, "-m", "hat.train", "--preset", "smoke", "--no-progress", "--rule", "snapshot",
+                          "--rule-params", rule, "--tracking-uri", f"sqlite:///{tmp_path}/m.db", "--out",
+                          str(tmp_path / "out")], cwd=tmp_path, env={**env, "PYTHONPATH": str(REPO)},
+                         capture_output=True, text=True, timeout=300)
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert out.returncode == 2 and len(lines) == 1, out.stderr[-3000:]
+    assert "runs:/0123456789abcdef" in lines[0] and "does not exist" in lines[0]
+    assert not any(tmp_path.iterdir()), list(tmp_path.iterdir())
+
+
+def test_help_says_where_a_study_writes_by_default(capsys):
+    """A study's default --out, --storage and --tracking-uri are in the repository whatever the current folder: its
+    --help says so, with the paths."""
+    from helpers import help_text
+
+    text = " ".join(help_text("fixed_rule", capsys).split())
+    for where in (f"{REPO / 'runs'}/<name>", f"sqlite:///{REPO / 'mlflow' / 'optuna.db'}",
+                  f"sqlite:///{REPO / 'mlflow' / 'mlflow.db'}"):
+        assert where in text, where
+    assert "whatever the current folder" in text

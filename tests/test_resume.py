@@ -1,5 +1,7 @@
 """Resume is exact: a study killed hard (os._exit, like kill -9) at several points and rerun gives the same
-results.csv and verdicts as an uninterrupted run, and leaves no MLflow run RUNNING.
+results.csv and verdicts as an uninterrupted run, and leaves no MLflow run RUNNING. A rerun under the same name with
+other settings is not a resume: it is refused (the study's fingerprint). A tracking store that fails mid-study
+leaves no run RUNNING once a rerun has finished.
 
 The kills come from the fault-injection hook of `studies.lib.workqueue` (HAT_FAULT_AFTER / HAT_FAULT_AT /
 HAT_FAULT_PHASE). One chain of reruns hits, in order: phase 1 mid-training; the control's start trial
@@ -11,6 +13,7 @@ stored. Each rerun resumes what the previous one left.
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -19,7 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import DATA, REPO, epochs_cmd, mlflow_runs, needs_data, unit_trials, worker_env
+from helpers import DATA, REPO, epochs_cmd, mlflow_runs, needs_data, stores, unit_trials, worker_env
 
 pytestmark = needs_data
 
@@ -175,3 +178,125 @@ def test_kill_and_rerun_finishes_without_redoing(tmp_path):
     for key, res in before.items():
         assert after[key][0] == res[0]  # finished units were not redone (same runs, same results)
     assert (tmp_path / "out" / "report.md").is_file()
+
+
+# ---------------------------------------------------------------- a changed rerun is refused
+
+FP_STUDY = ["--preset", "smoke", "--trials", "0", "--seeds", "1", "--name", "fp"]
+
+
+def _start(folder: Path, *extra: str) -> subprocess.CompletedProcess:
+    """Start the epochs study `fp` and stop it hard at its first claim (the parent run's unit, which comes after the
+    fingerprint check): exit status 137 if the check let it start, 2 if it refused."""
+    env = {**worker_env(), "HAT_FAULT_AT": "claim", "HAT_FAULT_AFTER": "1"}
+    return subprocess.run([sys.executable, "-m", "studies.epochs", *FP_STUDY, *stores(folder), *extra], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+def _contents(folder: Path) -> dict:
+    return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file() and p.suffix != ".lock"}
+
+
+def _other_data(folder: Path) -> Path:
+    """Valid Fashion-MNIST files with one test pixel changed (links to the real ones, one changed copy)."""
+    raw = folder / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in (DATA / "FashionMNIST" / "raw").iterdir():
+        if f.name == "t10k-images-idx3-ubyte":
+            data = bytearray(f.read_bytes())
+            data[16 + 300] ^= 0xFF
+            (raw / f.name).write_bytes(bytes(data))
+        else:
+            (raw / f.name).symlink_to(f)
+    return folder
+
+
+def test_changed_rerun_is_refused(tmp_path, capsys):
+    """A rerun under the same name whose settings differ from the first start's is refused with one line naming
+    the flags that differ and the ways out, before anything is written; --margin (analysis only) may differ;
+    --fresh or another --name start the new settings."""
+    from studies import epochs
+
+    study = tmp_path / "study"
+    first = _start(study)
+    assert first.returncode == 137, first.stderr[-3000:]
+    kept = _contents(study)
+    other_data = str(_other_data(tmp_path / "data"))
+    for extra, words in [(["--epochs", "0.5"], ["--epochs 2.0 then, 0.5 now"]),
+                         (["--seeds", "4"], ["--seeds 1 then, 4 now"]),
+                         (["--trials", "1"], ["--trials 0 then, 1 now"]),
+                         (["--rule-lr", "0.01"], ["--rule-lr 0.001 then, 0.01 now"]),
+                         (["--data", other_data], ["data (--data / HAT_DATA)"])]:
+        with pytest.raises(SystemExit) as e:
+            epochs.main([*FP_STUDY, *stores(study), *extra])
+        assert e.value.code == 2, extra
+        err = capsys.readouterr().err
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: study 'fp'") and "Traceback" not in err, err
+        assert all(w in lines[0] for w in [*words, "--fresh", "--name", "not a resume"]), (extra, lines[0])
+        assert _contents(study) == kept, extra  # nothing written: no run, no unit, no report
+    assert _start(study, "--margin", "0.3").returncode == 137  # the analysis alone reads it: a re-analysis
+    assert _start(study, "--name", "fp2", "--epochs", "0.5").returncode == 137  # a new name: a new study
+    assert _start(study, "--fresh", "--epochs", "0.5").returncode == 137  # starts over with the new settings
+    assert _start(study, "--epochs", "0.5").returncode == 137  # ... which are now the study's
+    again = _start(study)
+    assert again.returncode == 2 and "--epochs 0.5 then, 2.0 now" in again.stderr, again.stderr[-3000:]
+
+
+def test_fingerprint_covers_a_study_own_flags():
+    """The fingerprint holds the study's own flags (what its parser adds), the size and the training config, but
+    not the stores, outputs, device or analysis-only flags."""
+    from studies import labels
+    from studies.lib.cli import fingerprint, fingerprint_changes, scale_from_args
+    from studies.lib.protocol import parser
+
+    def fp(*argv):
+        args = parser(labels.STUDY).parse_args(["--preset", "smoke", *argv])
+        scale = scale_from_args(args)
+        from studies.lib.cli import base_config_from_args
+
+        return fingerprint(args, scale, base_config_from_args(args, scale))
+
+    base = fp()
+    assert fingerprint_changes(base, fp("--thetas", "0.5", "1")) == [
+        f"--thetas {json.dumps([float(t) for t in labels.THETAS])} then, [0.5, 1.0] now"]
+    assert [c.split()[0] for c in fingerprint_changes(base, fp("--lr", "0.01", "--hat-runs", "3"))] == [
+        "--hat-runs", "--lr"]
+    assert fingerprint_changes(base, fp("--margin", "1", "--n-boot", "10", "--device", "cpu", "--out", "/x",
+                                        "--storage", "sqlite:////y/o.db", "--no-progress", "--name", "z")) == []
+
+
+def test_tracking_store_fault_leaves_no_run_running(tmp_path, monkeypatch):
+    """The tracking store fails (read-only) in a tuning run: the run cannot be closed then and its unit fails. The
+    rerun, with the store back, finishes the study and closes that run KILLED: none is left RUNNING."""
+    import sqlite3
+
+    import hat.tracking
+    from studies import epochs
+
+    store = {"metric_writes": 0, "readonly": False, "repaired": False}
+
+    def failing(method):  # from the 3rd metrics write (mid-way through the first tuning run) every write fails
+        def call(self, *args, **kwargs):
+            if not store["repaired"]:
+                store["metric_writes"] += method.__name__ == "log_metrics"
+                store["readonly"] = store["readonly"] or store["metric_writes"] >= 3
+                if store["readonly"]:
+                    raise sqlite3.OperationalError("attempt to write a readonly database")
+            return method(self, *args, **kwargs)
+        return call
+
+    for name in ("log_metrics", "log_params", "set_tags", "finish"):
+        monkeypatch.setattr(hat.tracking.Run, name, failing(getattr(hat.tracking.Run, name)))
+    argv = ["--preset", "smoke", "--trials", "1", "--seeds", "1", *stores(tmp_path)]
+    with pytest.raises(sqlite3.OperationalError):
+        epochs.main(argv)
+    # the tuning run could not be closed, nor the study's parent run (the rerun finishes that one)
+    assert sorted(r.data.tags.get("phase") for r in mlflow_runs(tmp_path) if r.info.status == "RUNNING") == [
+        "study", "tune"]
+    store["repaired"] = True  # the store is writable again
+    assert epochs.main(argv) == 0
+    runs = mlflow_runs(tmp_path)
+    assert [r.info.status for r in runs if r.info.status == "RUNNING"] == []
+    closed = [r for r in runs if r.data.tags.get("failure_reason", "").startswith("its unit failed")]
+    assert len(closed) == 1 and closed[0].info.status == "KILLED" and closed[0].data.tags["phase"] == "tune"
