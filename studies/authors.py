@@ -1,19 +1,26 @@
-"""Why the authors' own logs show the control ahead: their 2019 configuration, ablated one option at a time.
+"""Why the authors' own logs show the control ahead: their published code's configuration, ablated one option at a time.
 
-The authors' code differs from the paper's Algorithm 1 in several ways (hat.config preset "authors"): a
-784-256-128-100-10 ReLU learner; M with inputs (v_i, w_ij, v_j, |grad|) and 30 tanh units; SGD for L (5e-4)
-and M (0.1); batch 10; local rate 1e-4; per-sample recomputation of each sample's output with its own update;
-and a ReLU on the logits in training only (evaluation has none), which a backprop control does not have. At
-`--preset paper` the full preset is used (20 epochs); at smoke/quick scale the study preset's training config
-is kept (widths, data, epochs, M's hidden width) and the authors' options are set on top of it.
+The authors' code (jeffreyscheng/meta_unsupervised at 7876bb0; hat.config preset "authors", which reproduces its
+training step: tests/test_anchors.py) differs from the paper's Algorithm 1 in many ways, each an option here: a
+784-256-128-100-10 ReLU learner; M with inputs (v_i, w_ij, v_j, |grad|), 30 tanh units, torch's default init; M's v_j
+the pre-activation z = W v + b; per-sample recomputation of each sample's output with its own update; the gradient into
+each layer's input taken through W' (their in-place update precedes backward); |grad| zeros after an unlabeled batch;
+SGD for L (5e-4) and M (0.1); batch 10; local rate 1e-4; and a ReLU on the logits in training only (evaluation has
+none), which a backprop control does not have. The report's first section lists every difference between Algorithm
+1, the code and this suite (studies.lib.authors_diff). At `--preset paper` the full preset is used (20 epochs); at
+smoke/quick scale the study preset's training config is kept (widths, data, epochs, M's hidden width) and the
+authors' options are set on top of it.
 
 Arms (all from that base; the control and the bug arm have no local rule):
   control               backprop, no logit ReLU
   control+logit_relu    backprop with the training-only logit ReLU (the bug alone)
   authors               the authors' configuration, trainable M
   authors-<option>      the authors' configuration with one option reverted to the paper's / standard choice:
-                        no_logit_relu, no_per_sample, no_grad_input (M reads (v_i, w_ij, v_j)), adam (Adam
-                        1e-3 for L and M), batch50, sigmoid (hidden units), rate1e-3 (local rate)
+                        no_logit_relu, no_per_sample, no_grad_input (M reads (v_i, w_ij, v_j)), post_activation (M's
+                        v_j = act(z)), backprop_through_w (the input gradient through W), bias_init_hidden (M's biases
+                        within +-1/sqrt(hidden)), keep_grad_input (the last labeled |grad| after an unlabeled batch;
+                        only with --label-fraction < 1, as every batch is labeled otherwise), adam (Adam 1e-3 for L and
+                        M), batch50, sigmoid (hidden units), rate1e-3 (local rate)
 
 Hypotheses:
   H-logit-relu  "the training-only logit ReLU alone accounts for most of the gap at near-zero local rate".
@@ -27,11 +34,12 @@ Hypotheses:
   on it.
 
 Tuning: the study reproduces fixed settings, so by default it is skipped (`--trials 0`: every arm runs the
-configuration above); `--trials N` tunes every arm on the same budget as in the other studies.
+configuration above, with the code's default rates); `--trials N` tunes every arm on the same budget as in the other
+studies, the local rate in 1e-10..1e-5 and M's learning rate in 1e-5..1e-2: the ranges of the authors' experiment 1.
 
 Run:   python -m studies.authors                    # quick preset, fixed settings
        python -m studies.authors --preset paper     # the authors' full configuration, for a GPU
-       python -m studies.authors --trials 3         # tune every arm too
+       python -m studies.authors --trials 3         # tune every arm too, in the authors' ranges
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ import sys
 
 import numpy as np
 
-from studies.lib import analysis, report, stats, tuning
+from studies.lib import analysis, authors_diff, report, stats
 from studies.lib.analysis import Hypothesis
 from studies.lib.arms import Arm, rule_arm
 from studies.lib.protocol import Outcome, Sections, Setup, Study
@@ -68,21 +76,29 @@ def authors_defaults(args) -> dict:
 
 
 def ablations(base) -> dict[str, tuple[dict, str]]:
-    """{option: (overrides reverting it, description)}."""
-    return {
+    """{option: (overrides reverting it, description)}; keep_grad_input only where some batches are unlabeled."""
+    out = {
         "no_logit_relu": ({"logit_relu": False}, "no ReLU on the logits"),
         "no_per_sample": ({"per_sample": False}, "the batch-mean update for every sample (no per-sample recompute)"),
         "no_grad_input": ({"mlp": {**base.mlp, "inputs": ["pre", "w", "post"]}}, "M reading (v_i, w_ij, v_j) only"),
+        "post_activation": ({"rule_post": "activation"}, "M's v_j the activation act(z), not z"),
+        "backprop_through_w": ({"backprop_through_updated_w": False}, "the input gradient taken through W, not W'"),
+        "bias_init_hidden": ({"mlp": {**base.mlp, "bias_init": "hidden"}}, "M's biases within ±1/√hidden"),
+        "keep_grad_input": ({"zero_grad_input_after_unlabeled": False},
+                            "the last labeled |grad| kept after an unlabeled batch"),
         "adam": ({k: STANDARD[k] for k in ("optimizer", "lr", "rule_optimizer", "rule_lr")},
                  f"Adam ({STANDARD['lr']:g}) for L and M"),
         "batch50": ({"batch_size": STANDARD["batch_size"]}, f"batch {STANDARD['batch_size']}"),
         "sigmoid": ({"act": STANDARD["act"]}, "sigmoid hidden units"),
         "rate1e-3": ({"rate": STANDARD["rate"]}, f"local rate {STANDARD['rate']:g}"),
     }
+    if base.label_fraction >= 1:
+        del out["keep_grad_input"]  # every batch labeled: the option changes nothing
+    return out
 
 
 def arms(s: Setup) -> list[Arm]:
-    hat = dict(extra_space=dict(tuning.RULE_LR_SPACE), trainable_rule=True, hypothesis="H-logit-relu")
+    hat = dict(extra_space=dict(authors_diff.SPACE), trainable_rule=True, hypothesis="H-logit-relu")
     return ([Arm("control", {"rule": "none", "logit_relu": False}),
              Arm("control+logit_relu", {"rule": "none", "logit_relu": True}, {}, "H-logit-relu"),
              rule_arm("authors", "mlp", **hat)] +
@@ -148,12 +164,11 @@ def sections(s: Setup, o: Outcome) -> Sections:
     cost = stats.paired_differences(analysis.metric_values(o.results, "control+logit_relu", s.seeds), ctl)[0]
     share, lo, hi = share_of_gap(cost, gap, sc.n_boot, random_state=0)
     verdict = logit_relu_verdict(by_key["A-bug"].verdict, float(gap.mean()), share, hi)
-    setting = ["## Configuration", "",
+    arm = next(a for a in o.arms if a.name == "authors").config(b)
+    setting = [*authors_diff.section(arm, stats.format_table), "## Configuration", "",
                ("Full `authors` preset (study preset paper)." if s.args.preset == "paper" else
                 f"The `{sc.train_preset}` training config with the authors' options set on it.") +
-               f" Base: widths {list(b.widths)}, act {b.act}, logit_relu {b.logit_relu}, per_sample {b.per_sample}, "
-               f"M {b.mlp}, optimizer {b.optimizer} {b.lr:g}, M optimizer {b.rule_optimizer} {b.rule_lr:g}, "
-               f"batch {b.batch_size}, local rate {b.rate:g}, {b.epochs:g} epoch(s)."
+               f" The `authors` arm's settings are in the table above (M {b.mlp}, {b.epochs:g} epoch(s))."
                + (" Tuning skipped by default in this study (fixed settings are reproduced; pass `--trials N` to "
                   "tune)." if "trials" in s.args.own_scale else ""), ""]
     rel = ["## H-logit-relu: the bug against the gap", "",
@@ -173,7 +188,7 @@ def sections(s: Setup, o: Outcome) -> Sections:
 
 
 STUDY = Study("authors", "The authors' configuration, ablated", __doc__, arms, family_a, defaults=authors_defaults,
-              scale={"trials": 0}, sections=sections)  # fixed settings: no tuning unless asked for
+              scale={"trials": 0}, sections=sections, legend=authors_diff.LEGEND)  # no tuning unless asked for
 
 
 main = STUDY.main  # python -m studies.<name>, or main([...flags]) from Python

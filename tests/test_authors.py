@@ -72,11 +72,38 @@ def test_authors_settings_and_trials_flag(monkeypatch):
     assert by_name["control+logit_relu"].config(base).logit_relu is True
     full = by_name["authors"].config(base)
     assert (full.rule, full.logit_relu, full.per_sample, full.batch_size) == ("mlp", True, True, 10)
+    assert (full.rule_post, full.backprop_through_updated_w, full.zero_grad_input_after_unlabeled,
+            full.mlp["bias_init"]) == ("preactivation", True, True, "fan_in")  # the published code's behaviours
     for k, (ov, _) in ablations(base).items():  # exactly one option reverted
         cfg = by_name[f"authors-{k}"].config(base)
         changed = {f for f in ov if getattr(cfg, f) != getattr(full, f)}
         assert changed == set(ov), k
         assert cfg.replace(**{f: getattr(full, f) for f in ov}) == full
+    assert {"post_activation", "backprop_through_w", "bias_init_hidden"} <= set(ablations(base))
+    assert "keep_grad_input" not in ablations(base)  # every batch labeled: reverting it would change nothing
+    assert "keep_grad_input" in ablations(base.replace(label_fraction=0.5))
+    # tuning, when asked for, searches the authors' own experiment-1 ranges
+    space = by_name["authors"].space
+    assert (space["rate"].low, space["rate"].high) == (1e-10, 1e-5)
+    assert (space["rule_lr"].low, space["rule_lr"].high) == (1e-5, 1e-2)
+
+
+def test_differences_table_lists_algorithm_1_the_code_and_the_suite():
+    from studies.lib import authors_diff, stats
+
+    arm = TrainConfig(**{**PRESETS["authors"], "rule": "mlp"})
+    rows = {r["aspect"]: r for r in authors_diff.differences(arm)}
+    for aspect in ("M's v_j", "backward", "|grad| input", "M's initialization", "layer output", "logits in training",
+                   "M's optimizer", "local rate"):
+        assert aspect in rows
+    assert rows["M's v_j"]["this study's `authors` arm"] == "z = W v + b"
+    assert rows["M's v_j"]["suite `paper` preset"].startswith("act(z)")
+    assert rows["backward"]["this study's `authors` arm"] == "into v through W'"
+    assert rows["|grad| input"]["this study's `authors` arm"] == "zeros after an unlabeled step"
+    assert rows["|grad| input"]["suite `paper` preset"] == "none"
+    assert "1e-10..1e-5" in rows["local rate"]["authors' code"]
+    text = "\n".join(authors_diff.section(arm, stats.format_table))
+    assert unexplained_columns(text, authors_diff.LEGEND) == []
 
 
 @needs_data
@@ -86,13 +113,16 @@ def test_authors_smoke(tmp_path, one_thread):
     assert authors.main(["--preset", "smoke", "--seeds", "2", "--train-limit", "400", *stores(tmp_path)]) == 0
     out = tmp_path / "out"
     report = (out / "report.md").read_text()
-    assert unexplained_columns(report) == []  # every table column is in the legend
+    assert unexplained_columns(report, authors.STUDY.legend) == []  # every table column is in the legend
+    assert "- **option**: " in report  # the study's own columns are in it too
     v = verdicts(report)
-    opts = ("no_logit_relu", "no_per_sample", "no_grad_input", "adam", "batch50", "sigmoid", "rate1e-3")
+    opts = ("no_logit_relu", "no_per_sample", "no_grad_input", "post_activation", "backprop_through_w",
+            "bias_init_hidden", "adam", "batch50", "sigmoid", "rate1e-3")
     assert set(v) == {"H-logit-relu", "A-gap", "A-bug"} | {f"X-{o}" for o in opts} | {f"R-{o}" for o in opts}
     assert "Tuning skipped by default in this study" in report and "share of the gap" in report
+    assert "## Algorithm 1, the authors' code and this suite" in report and "z = W v + b" in report
     rows = read_results(out / "results.csv")
     assert {a for a, _ in rows} == {"control", "control+logit_relu", "authors"} | {f"authors-{o}" for o in opts}
-    assert len(rows) == 10 * 2
+    assert len(rows) == 13 * 2
     for fig in ("curves.png", "paired_differences.png"):
         assert (out / fig).stat().st_size > 0
