@@ -19,7 +19,8 @@ needs_data = pytest.mark.skipif(not (DATA / "FashionMNIST" / "raw").is_dir(), re
 
 MARGIN = 0.5  # the smoke scale's margin (test accuracy points)
 FAILURE = 10.0  # a diverged run's test accuracy
-VERDICT_LINE = re.compile(r"^- VERDICT (\S+): (SUPPORTED|REFUTED|INCONCLUSIVE) — .+$", re.M)
+# a report's verdict line; UNTESTABLE: a claim about converged learners on learners that had not converged
+VERDICT_LINE = re.compile(r"^- VERDICT (\S+): (SUPPORTED|REFUTED|INCONCLUSIVE|UNTESTABLE) — .+$", re.M)
 
 
 # ---------------------------------------------------------------- running a study
@@ -55,22 +56,24 @@ def help_text(module: str, capsys) -> str:
     return capsys.readouterr().out
 
 
-def setup(ctx=None, meta=None, seeds=(), **args):
+def setup(ctx=None, meta=None, seeds=(), values=None, **args):
     """A `studies.lib.protocol.Setup` for calling a study's hooks (arms, hypotheses) directly: `args` become the
-    parsed command line."""
+    parsed command line, `values` what the study's `prepare` computed. `ctx` may be any object with what the hooks
+    read (often just `base`, a TrainConfig)."""
     from studies.lib.protocol import Setup
 
-    return Setup(ctx, argparse.Namespace(**args), list(seeds), meta)
+    return Setup(ctx, argparse.Namespace(**args), list(seeds), meta, dict(values or {}))
 
 
-def meta_learners(finals: list[str], early: str = ""):
-    """Phase-1 meta-learners with these final snapshots (seeds 20000+, at epoch 1) and, for the first run, an early
-    one at 0.5 epochs."""
+def meta_learners(finals: list[str], earlies: list[str] | None = None):
+    """Phase-1 meta-learners with these final snapshots (seeds 20000+, at epoch 1) and, with `earlies`, an early
+    one at 0.5 epochs for each run."""
     from studies.lib.phases import PHASE1_SEED_BASE
     from studies.lib.protocol import MetaLearners
 
     snaps = {PHASE1_SEED_BASE + k: {1.0: p} for k, p in enumerate(finals)}
-    snaps[PHASE1_SEED_BASE][0.5] = early
+    for k, p in enumerate(earlies or []):
+        snaps[PHASE1_SEED_BASE + k][0.5] = p
     return MetaLearners(snaps)
 
 
@@ -144,24 +147,57 @@ def unit_trials(storage: str, name: str) -> dict[str, list]:
 # ---------------------------------------------------------------- the decision rule, recomputed
 
 
-def family_stats(pairs: list[tuple[np.ndarray, np.ndarray, str]], margin: float) -> list[dict]:
-    """Independent recomputation of one Holm family: per claim (arm, control, direction) the mean paired difference,
-    its 95% t interval, the one-sided t-tests "effect > 0" and "effect < margin" (scipy), Holm over all 2m p-values
-    (statsmodels; an undefined p counts as 1 and stays undefined), and the verdict word."""
+def bootstrap_t(d: np.ndarray, n_boot: int, seed: int, nulls: tuple[float, ...]) -> dict:
+    """The studentized bootstrap of the mean of d, as the verdict rule states it: B resamples of the seeds
+    (numpy's default_rng(seed)), t* = (mean* − mean) / se*; the 95% interval inverts the t* quantiles; the p-value of
+    H0 "mean <= null" (greater) and "mean >= null" (less) is (1 + #{t* beyond t_obs}) / (1 + B)."""
+    n = len(d)
+    m, se = float(d.mean()), float(d.std(ddof=1) / np.sqrt(n))
+    resampled = d[np.random.default_rng(seed).integers(0, n, size=(n_boot, n))]  # (B, n)
+    se_star = resampled.std(axis=1, ddof=1) / np.sqrt(n)
+    t_star = (resampled.mean(axis=1)[se_star > 0] - m) / se_star[se_star > 0]
+    q_lo, q_hi = np.quantile(t_star, [0.025, 0.975])
+    out = {"ci": (m - q_hi * se, m - q_lo * se)}
+    for null in nulls:
+        t_obs = (m - null) / se
+        out[("greater", null)] = (1 + np.sum(t_star >= t_obs)) / (1 + t_star.size)
+        out[("less", null)] = (1 + np.sum(t_star <= t_obs)) / (1 + t_star.size)
+    return out
+
+
+def family_stats(pairs: list[tuple], margin: float, n_boot: int = 0) -> list[dict]:
+    """Independent recomputation of one Holm family: per claim (arm, control, direction[, diverged, seed]) the mean
+    paired difference, its 95% interval, the one-sided tests "effect > 0" and "effect < margin", Holm over all 2m
+    p-values (statsmodels; an undefined p counts as 1 and stays undefined), and the verdict word. The tests and the
+    interval are t tests and the t interval (scipy), or, where `diverged` (a bool array over the pairs: a diverged run
+    of either arm) marks one, the studentized bootstrap (`bootstrap_t`, `n_boot` resamples from `seed`, by default
+    the claim's position in its family)."""
     from scipy import stats as sps
     from statsmodels.stats.multitest import multipletests
 
     out, p_eff, p_below = [], [], []
-    for a, c, direction in pairs:
+    for k, (a, c, direction, *rest) in enumerate(pairs):
+        diverged = bool(np.any(rest[0])) if rest else False
+        seed = rest[1] if len(rest) > 1 else k
         d = a - c
         sign = 1.0 if direction == "greater" else -1.0
         opposite = "less" if direction == "greater" else "greater"
         degenerate = bool(np.all(d == d[0]))
-        p_eff.append(np.nan if degenerate else sps.ttest_1samp(d, 0.0, alternative=direction).pvalue)
-        p_below.append(np.nan if degenerate else sps.ttest_1samp(d, sign * margin, alternative=opposite).pvalue)
         m = float(d.mean())
-        lo, hi = ((m, m) if degenerate else sps.t.interval(0.95, len(d) - 1, loc=m, scale=sps.sem(d)))
-        out.append({"mean": m, "lo": lo, "hi": hi})
+        if degenerate:
+            p_eff.append(np.nan)
+            p_below.append(np.nan)
+            lo, hi = m, m
+        elif diverged:
+            bt = bootstrap_t(d, n_boot, seed, (0.0, sign * margin))
+            p_eff.append(bt[(direction, 0.0)])
+            p_below.append(bt[(opposite, sign * margin)])
+            lo, hi = bt["ci"]
+        else:
+            p_eff.append(sps.ttest_1samp(d, 0.0, alternative=direction).pvalue)
+            p_below.append(sps.ttest_1samp(d, sign * margin, alternative=opposite).pvalue)
+            lo, hi = sps.t.interval(0.95, len(d) - 1, loc=m, scale=sps.sem(d))
+        out.append({"mean": m, "lo": lo, "hi": hi, "bootstrap": diverged and not degenerate})
     both = np.array(p_eff + p_below)
     holm = np.full(both.size, np.nan)
     adj = multipletests(np.where(np.isnan(both), 1.0, both), method="holm")[1]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from helpers import setup
 
 from hat.config import preset
@@ -14,7 +16,7 @@ from studies.lib.scale import SCALES, Scale
 def test_progress_plan_weights_runs_by_expected_cost():
     base = preset("quick")
     scale = Scale(**SCALES["quick"])
-    arms = fixed_rule.arms(setup(meta=MetaLearners.placeholder(scale.hat_runs, (0.5, 1.0))))
+    arms = fixed_rule.arms(setup(ctx=SimpleNamespace(base=base), meta=MetaLearners.placeholder(scale.hat_runs, (0.5, 1.0))))
     costs = progress.plan(base, scale, arms, scale.hat_runs)
     per_arm = scale.trials * scale.tuning_seeds + scale.seeds
     assert len(costs) == progress.units_total(scale, len(arms), scale.hat_runs) == scale.hat_runs + len(arms) * per_arm

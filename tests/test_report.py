@@ -88,7 +88,8 @@ def study(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("report")
     files = fake_data(tmp / "data")
     url = f"sqlite:///{tmp}/optuna.db"
-    arms = fixed_rule.arms(setup(meta=meta_learners(["a.pt", "b.pt"], "e.pt")))
+    hooks = setup(ctx=argparse.Namespace(base=preset("smoke")), meta=meta_learners(["a.pt", "b.pt"], ["e.pt", "f.pt"]))
+    arms = fixed_rule.arms(hooks)
     names = [a.name for a in arms]
     tuned = make_tuning(url, names)
     scale = Scale(**{**SCALES["smoke"], "seeds": len(SEEDS), "trials": 3})
@@ -102,9 +103,11 @@ def study(tmp_path_factory):
 
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        sections, written, comps = report.comparison_sections(ctx, arms, tuned, results, SEEDS, fixed_rule.hypotheses(setup()))
+        sections, written, comps = report.comparison_sections(ctx, arms, tuned, results, SEEDS,
+                                                              fixed_rule.hypotheses(hooks))
         path = report.finish_report(ctx, "Fixed rules (synthetic)", fixed_rule.__doc__, sections, written)
-    return {"text": path.read_text(), "ctx": ctx, "tuned": tuned, "files": files, "comps": comps, "arms": names,
+    return {"text": path.read_text(), "ctx": ctx, "hypotheses": fixed_rule.hypotheses(hooks), "tuned": tuned,
+            "files": files, "comps": comps, "arms": names,
             "console": buf.getvalue(), "url": url, "written": written}
 
 
@@ -211,7 +214,7 @@ def test_tuning_section_matches_the_storage(study):
 
 def test_console_ends_with_the_verdict_table(study):
     lines = study["console"].rstrip().splitlines()
-    hyps = fixed_rule.hypotheses(setup())
+    hyps = study["hypotheses"]
     table = lines[-len(hyps) - 2:]
     assert table[0].split() == ["hypothesis", "claim", "metric", "Δ", "95%", "CI", "verdict"]
     for line, h, c in zip(table[2:], hyps, study["comps"]):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from helpers import help_text, needs_data, read_results, setup, stores, verdicts
 
+from hat.config import TrainConfig
 from studies.lib.report import unexplained_columns
 
 
@@ -25,26 +26,37 @@ def test_h1_h3_verdict_rules():
     assert h1_verdict(["supported"], 0.5, 0.01) == "refuted"  # the benefit grows with t
     assert h1_verdict(["refuted", "refuted"], -0.5, 0.01) == "refuted"
     assert h1_verdict(["supported"], float("nan"), float("nan")) == "inconclusive"
-    assert h3_verdict(["supported"] * 3) == "supported"
-    assert h3_verdict(["supported", "inconclusive"]) == "inconclusive"
-    assert h3_verdict(["supported", "refuted"]) == "refuted"
-    assert h3_verdict([]) == "inconclusive"
+    # H3 is the verdict of "the replay in time beats the shuffled replay" (the single snapshots are context)
+    for word in ("supported", "negligible", "refuted", "inconclusive"):
+        assert h3_verdict(word) == word
     assert early_times([0.05, 0.5, 1.0]) == [0.05, 0.5] and early_times([1.0, 2.0]) == [1.0]
 
 
-def test_arms_and_families_follow_the_first_runs_snapshots():
+def test_arms_give_each_seed_its_own_snapshots():
+    """snap@t, replay and shuffled apply seed s's own phase-1 run's snapshots; the shuffled replay switches at the same
+    times to the same snapshots in an order with none at its own time."""
     from studies import rule_over_time as rot
     from studies.lib.protocol import MetaLearners
+    from studies.lib.rule_time import shuffled_order
 
-    meta = MetaLearners({20000: {1.0: "s1.pt", 0.1: "s01.pt"}, 20001: {1.0: "other.pt"}})
+    base = TrainConfig()
+    meta = MetaLearners({20000: {1.0: "a1.pt", 0.1: "a01.pt", 0.5: "a05.pt"},
+                         20001: {1.0: "b1.pt", 0.1: "b01.pt", 0.5: "b05.pt"}})
     s = setup(meta=meta)
     arms = {a.name: a for a in rot.arms(s)}
-    assert list(arms) == ["control", "snap@0.1", "snap@1", "replay"]
-    assert arms["snap@0.1"].overrides["rule_params"] == {"path": "s01.pt"}
-    assert arms["replay"].overrides["rule_params"] == {"paths": ["s01.pt", "s1.pt"]}  # in time order
-    assert [h.key for h in rot.STUDY.hypotheses(s)] == ["H1-snap@0.1", "H1-snap@1", "H3-replay>control"]
-    assert [(h.arm, h.control) for h in rot.replay_family(rot.times(s))] == [("replay", "snap@0.1"),
-                                                                            ("replay", "snap@1")]
+    assert list(arms) == ["control", "snap@0.1", "snap@0.5", "snap@1", "replay", "shuffled"]
+    assert arms["snap@0.1"].config(base, seed=1).rule_params == {"path": "b01.pt"}
+    assert arms["snap@1"].config(base, seed=2).rule_params == {"path": "a1.pt"}  # cycles over the runs
+    assert arms["replay"].config(base, seed=1).rule_params == {"paths": ["b01.pt", "b05.pt", "b1.pt"]}  # in time order
+    order = shuffled_order(3)
+    assert sorted(order) == [0, 1, 2] and all(i != j for i, j in enumerate(order))
+    shuffled = arms["shuffled"].config(base, seed=0).rule_params
+    assert shuffled == {"epochs": [0.1, 0.5, 1.0], "paths": [["a01.pt", "a05.pt", "a1.pt"][k] for k in order]}
+    assert shuffled_order(3) == order and shuffled_order(1) == [0]  # seeded
+    assert [h.key for h in rot.STUDY.hypotheses(s)] == ["H1-snap@0.1", "H1-snap@0.5", "H1-snap@1", "H3-replay>control"]
+    assert [(h.key, h.arm, h.control, h.holm_family) for h in rot.replay_family(rot.times(s))] == [
+        ("H3-replay>shuffled", "replay", "shuffled", "B"), ("H3-replay>snap@0.1", "replay", "snap@0.1", "B"),
+        ("H3-replay>snap@0.5", "replay", "snap@0.5", "B"), ("H3-replay>snap@1", "replay", "snap@1", "B")]
 
 
 @needs_data
@@ -59,13 +71,13 @@ def test_rule_over_time_smoke(tmp_path, one_thread):
     assert unexplained_columns(report) == []  # every table column is in the legend
     v = verdicts(report)
     times = ("0.05", "0.25", "0.5", "1")  # 2 is past the 1-epoch run; its last epoch is added
-    assert {"H1", "H3", "H3-replay>control"} | {f"H1-snap@{t}" for t in times} | {f"H3-replay>snap@{t}" for t in times} \
-        == set(v)
+    assert {"H1", "H3", "H3-replay>control", "H3-replay>shuffled"} | {f"H1-snap@{t}" for t in times} | {
+        f"H3-replay>snap@{t}" for t in times} == set(v)
     assert "VERDICT H1: " in report and "VERDICT H3: " in report and "Best single snapshot" in report
     assert "log t" in report and "Change point" in report and "| t (epochs) | mean \\|R(t)\\|" in report
     rows = read_results(out / "results.csv")
-    arms = {"control", "replay"} | {f"snap@{t}" for t in times}
+    arms = {"control", "replay", "shuffled"} | {f"snap@{t}" for t in times}
     assert set(rows) == {(a, s) for a in arms for s in (0, 1)}
-    assert len(list((out / "snapshots").glob("*.json"))) == 2 * len(times)
+    assert len(list((out / "snapshots").glob("*.json"))) == 2 * len(times)  # 2 runs: one per final seed
     for fig in ("curves.png", "paired_differences.png", "benefit_vs_time.png", "rule_distance.png"):
         assert (out / fig).stat().st_size > 0 and f"]({fig})" in report
