@@ -22,8 +22,10 @@ theta_j (one per output unit and layer) follows one of two threshold variants of
 State: the buffers `theta_<l>` (one per layer, saved by `state_dict()`, so snapshots keep them) and
 `ready_<l>` (0/1). A call to `delta` or `per_sample_drive` reads the committed theta and records
 its batch's statistic (under torch.no_grad, so theta is a constant for gradients); the trainer's
-`set_epoch` at the start of the next step commits it (the last call of each layer in a step counts). So within a step (and for repeated calls with
-the same state) the rule is a pure function of its inputs. The trainer calls `set_layer(l)`
+`set_epoch` at the start of the next step commits it (the last call of each layer in a step counts). So within a step
+(and for repeated calls with the same state) the rule is a pure function of its inputs. `per_sample_drive` gives each
+sample the update of that sample alone: with "lowpass", theta_t from its own v_j (the step's commit is the batch's,
+as for `delta`). The trainer calls `set_layer(l)`
 before each layer; without it every layer is layer 0 (a width change then restarts theta).
 """
 
@@ -102,6 +104,10 @@ class BCM(Rule):
 
     def per_sample_drive(self, pre, w, post, grad=None):
         theta = self.threshold(post)
+        if self.threshold_kind == "lowpass":  # D_b, the update of sample b alone: its own v_j in this step's theta
+            with torch.no_grad():
+                before = getattr(self, f"theta_{self.layer}")  # (O,): theta_{t-1}
+                theta = torch.lerp(before.expand_as(post), post.detach(), self.tau)  # (B, O)
         return post * (post - theta) * (pre * pre).sum(1, keepdim=True)  # (B, O) * (B, 1)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):

@@ -486,7 +486,8 @@ def bcm_loop(pre, post, theta):
 @pytest.mark.parametrize("kind", ["mean_sq", "lowpass"])
 def test_bcm_thresholds(kind):
     """mean_sq: theta_t = (1 - tau) theta_{t-1} + tau mean_b v_j^2 of the steps before t (the first step: its own);
-    lowpass: theta_t = (1 - tau) theta_{t-1} + tau mean_b v_j of step t itself, theta_{-1} = 0 (nengo's BCM)."""
+    lowpass: theta_t = (1 - tau) theta_{t-1} + tau mean_b v_j of step t itself, theta_{-1} = 0 (nengo's BCM); per
+    sample, sample b's update alone (lowpass: v_bj in place of the batch mean)."""
     tau = 0.3
     rule = rules.get("bcm", tau=tau, n_layers=1, threshold=kind).double()
     g = torch.Generator().manual_seed(13)
@@ -508,6 +509,8 @@ def test_bcm_thresholds(kind):
         torch.testing.assert_close(rule.delta(pre, w, post), bcm_loop(pre, post, use), rtol=1e-13, atol=1e-15)
         sq = (pre * pre).sum(1, keepdim=True)
         t = torch.tensor(use, dtype=F64)
+        if kind == "lowpass":  # each sample's update alone: its own v_j in this step's theta
+            t = (1 - tau) * torch.tensor(prev, dtype=F64) + tau * post
         torch.testing.assert_close(rule.per_sample_drive(pre, w, post), post * (post - t) * sq, rtol=1e-13, atol=1e-15)
     assert rules.get("bcm", threshold="lowpass").describe()["threshold"] == "lowpass"
     with pytest.raises(ValueError, match="threshold"):

@@ -282,7 +282,33 @@ def _as_zero(t, like):
 @pytest.mark.parametrize("name", rules.available())
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
 def test_registry_contract(name, dtype):
-    rule = make_rule(name).to(dtype)
+    check_contract(make_rule(name), name, dtype)
+
+
+OPTION_INSTANCES = {  # the rules' options of the anchors (issue 26), on the contract test's layer (B 4, O 3, I 5)
+    "abcd per_synapse": ("abcd", dict(per_synapse=True, widths=[5, 3], n_layers=1, seed=2)),
+    "abcd fixed per_synapse": ("abcd", dict(per_synapse=True, widths=[5, 3], n_layers=1, trainable=False,
+                                            coef=[0.3, -0.2, 0.1, 0.05, 1.5])),
+    "krotov divide_by_max": ("krotov", dict(divide_by_max=True, k=2)),
+    "bcm lowpass": ("bcm", dict(threshold="lowpass", tau=0.3)),
+    "mlp bias_init fan_in": ("mlp", dict(inputs=["pre", "w", "post", "grad"], hidden=3, act="tanh", bias_init="fan_in")),
+}
+
+
+@pytest.mark.parametrize("key", list(OPTION_INSTANCES))
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_registry_contract_of_the_options(key, dtype):
+    name, params = OPTION_INSTANCES[key]
+    check_contract(rules.get(name, **params), name, dtype)
+    if dtype == F64 and key != "bcm lowpass":  # lowpass's theta follows this step's v_j but is a constant for gradients
+        rule = rules.get(name, **params).double()
+        pre, w, post, grad = rand_inputs(3, 3, 5, seed=8, requires_grad=True)
+        g = grad if rule.uses_grad else None
+        assert torch.autograd.gradcheck(lambda p, ww, q: rule.delta(p, ww, q, g), (pre, w, post))
+
+
+def check_contract(rule, name, dtype):
+    rule = rule.to(dtype)
     assert isinstance(rule, Rule) and rule.name == name
     assert isinstance(rule.describe(), dict) and rule.describe()["rule"] == name
     pre, w, post, grad = rand_inputs(4, 3, 5, dtype=dtype, seed=7, requires_grad=True)
