@@ -515,3 +515,27 @@ def test_bcm_thresholds(kind):
     assert rules.get("bcm", threshold="lowpass").describe()["threshold"] == "lowpass"
     with pytest.raises(ValueError, match="threshold"):
         rules.get("bcm", threshold="ema")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the league: Najarro & Risi's per-synapse rule as its own family, Krotov's rule in its reference form
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_league_families_use_the_reference_forms():
+    from types import SimpleNamespace
+
+    from helpers import setup
+
+    from studies import rule_league
+
+    assert {"abcd", "abcd_synapse", "krotov"} <= set(rule_league.FAMILIES)
+    s = setup(ctx=SimpleNamespace(base=TrainConfig(epochs=0.5)), families=["mlp", "abcd", "abcd_synapse", "krotov"])
+    arms = {a.name: a for a in rule_league.arms(s)}
+    base = TrainConfig(epochs=0.5)
+    syn, kro, per_layer = (arms[k].config(base) for k in ("abcd_synapse", "krotov", "abcd"))
+    assert (syn.rule, syn.rule_params, syn.trainable_rule) == ("abcd", {"per_synapse": True}, True)
+    assert "rule_lr" in arms["abcd_synapse"].space and arms["abcd_synapse"].tags["kind"] == "meta-learned"
+    assert (kro.rule, kro.rule_params) == ("krotov", {"divide_by_max": True}) and arms["krotov"].tags["kind"] == "fixed"
+    assert (per_layer.rule, per_layer.rule_params) == ("abcd", {})
+    assert [h.key for h in rule_league.league_family(s)] == ["L-mlp", "L-abcd", "L-abcd_synapse", "L-krotov"]
