@@ -295,3 +295,35 @@ def test_arm_table_counts_diverged_runs_in_the_mean():
     half = sps.t.ppf(0.975, 3) * x.std(ddof=1) / 2.0
     lo, hi = (float(v) for v in re.findall(r"-?\d+\.\d+", rows["hebb"][header.index("95% CI")]))
     assert lo == pytest.approx(64.0 - half, abs=0.006) and hi == pytest.approx(64.0 + half, abs=0.006)
+
+
+def test_families_and_the_bootstrap_t_match_an_independent_recomputation():
+    """compare_hypotheses: Holm within each family (the paper's claims apart from the exploratory X-*), random state
+    = the claim's position in the list, the studentized bootstrap where a diverged run is among the pairs; recomputed
+    by tests/helpers.family_stats (scipy's t tests, statsmodels' Holm, a bootstrap-t written out)."""
+    from helpers import family_stats
+
+    rng = np.random.default_rng(3)
+    seeds = list(range(6))
+    base = 80 + rng.normal(0, 1, 6)
+    acc = {"control": base, "a": base + 1.0 + rng.normal(0, 0.4, 6), "b": base - 0.2 + rng.normal(0, 0.3, 6),
+           "x": base + rng.normal(0, 0.5, 6)}
+    acc["a"][2] = np.nan  # diverged
+    results = {(arm, s): {"status": "ok" if np.isfinite(v[s]) else "diverged", "test_acc": float(v[s]),
+                          "val_acc": float(v[s])} for arm, v in acc.items() for s in seeds}
+    hyps = [A.Hypothesis("H-a", "", "a", "greater"), A.Hypothesis("X-x", "", "x", "greater"),
+            A.Hypothesis("H-b", "", "b", "less")]
+    comps = A.compare_hypotheses(results, seeds, hyps, 0.5, 999)
+    assert [c.method for c in comps] == ["bootstrap-t", "t", "t"] and [c.family for c in comps] == [2, 1, 2]
+
+    def filled(arm):
+        return np.where(np.isfinite(acc[arm]), acc[arm], 10.0)
+
+    for members in ([0, 2], [1]):
+        pairs = [(filled(hyps[i].arm), filled("control"), hyps[i].direction, ~np.isfinite(acc[hyps[i].arm]), i)
+                 for i in members]
+        for i, e in zip(members, family_stats(pairs, 0.5, n_boot=999)):
+            c = comps[i]
+            assert (c.mean_diff, c.ci_lo, c.ci_hi) == pytest.approx((e["mean"], e["lo"], e["hi"]), rel=1e-9)
+            assert (c.p_holm, c.p_below_holm) == pytest.approx((e["holm"], e["holm_below"]), rel=1e-9)
+            assert c.verdict == e["verdict"] and e["bootstrap"] == (c.method == "bootstrap-t")

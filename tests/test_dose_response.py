@@ -63,6 +63,9 @@ def test_dose_response_smoke_end_to_end(tmp_path, capsys):
         return np.array([float(results[(arm, s)][key]) if results[(arm, s)]["status"] == "ok" else FAILURE
                          for s in seeds])
 
+    def diverged(arm):
+        return np.array([results[(arm, s)]["status"] != "ok" for s in seeds])
+
     def all_diverged(arm):
         return all(results[(arm, s)]["status"] != "ok" for s in seeds)
 
@@ -130,8 +133,8 @@ def test_dose_response_smoke_end_to_end(tmp_path, capsys):
             run = client.get_run(results[(f"{rule}@matched", s)]["mlflow_run_id"])
             assert float(run.data.params["rate"]) == pytest.approx(want, rel=1e-4)
 
-    # Two Holm families, recomputed from results.csv: the confirmatory one (H-converged and the matched claims)
-    # and the exploratory best-rate claims (the best rate is selected on the same seeds).
+    # The Holm families, recomputed from results.csv: the tests table (H-converged and the matched claims) and the
+    # exploratory best-rate claims (the best rate is selected on the same seeds), compared apart.
     main = table_after(report, "## Tests (one Holm family)")
     explo = table_after(report, "## Exploratory: each rule at its best grid rate")
     keys = [r["hypothesis"] for r in main]
@@ -144,10 +147,19 @@ def test_dose_response_smoke_end_to_end(tmp_path, capsys):
         best = max(grid_arms, key=lambda a: (acc(a, "val_acc").mean(), -float(a.split("@")[1])))
         row = next(r for r in explo if r["hypothesis"] == f"X-best-{rule}")
         assert row["arm"] == best, rule
+    # Each table is compared as one list (random state i: the claim's row), Holm-corrected within the families its
+    # `family` column names ("<family> (<size>)"): the paper's H-converged apart from the exploratory X-* claims.
     expected = []
-    for family in (main, explo):
-        pairs = [(acc(r["arm"]), acc("control"), "less" if r["claim"].startswith("less") else "greater") for r in family]
-        expected += list(zip(family, family_stats(pairs, MARGIN)))
+    for table in (main, explo):
+        families: dict[str, list] = {}
+        for i, r in enumerate(table):
+            families.setdefault(r["family"], []).append((i, r))
+        for family, members in families.items():
+            assert family.endswith(f" ({len(members)})"), family
+            pairs = [(acc(r["arm"]), acc("control"), "less" if r["claim"].startswith("less") else "greater",
+                      diverged(r["arm"]) | diverged("control"), i) for i, r in members]
+            expected += list(zip([r for _, r in members], family_stats(pairs, MARGIN, n_boot=2000)))  # smoke: 2000
+    assert main[0]["family"] == "primary (1)" and all(r["family"].startswith("exploratory") for r in explo)
     for row, e in expected:
         assert num(row["Δ"]) == pytest.approx(e["mean"], rel=6e-3, abs=1e-6), row["hypothesis"]
         lo, hi = ci(row["95% CI"])

@@ -71,7 +71,7 @@ def test_run_writes_the_report_of_a_tiny_study(tmp_path, capsys, one_thread):
     assert mine < lines.index("## Arms") < lines.index("## Verdicts")
     paired = [ln for ln in lines if ln.startswith("- VERDICT X-hebb: ")]
     assert len(paired) == 1 and lines.index(paired[0]) > lines.index("## Verdicts")
-    assert " — Hebb helps (test_acc: Δ = " in paired[0] and "Tuning skipped (`--trials 0`)" in report
+    assert " — Hebb helps (exploratory family of 1; test_acc: Δ = " in paired[0] and "Tuning skipped (`--trials 0`)" in report
     assert "Verdict(" not in report
     # the glance table, the MLflow tags and the console table are rendered from the same values
     glance = table_after(report, "## Verdicts at a glance")

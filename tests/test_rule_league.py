@@ -92,10 +92,14 @@ def test_rule_league_smoke_end_to_end(tmp_path, capsys):
         return np.array([float(results[(arm, s)]["test_acc"]) if results[(arm, s)]["status"] == "ok" else FAILURE
                          for s in range(SEEDS)])
 
+    def diverged(*arms):  # pairs with a diverged run: the studentized bootstrap (smoke: 2000 resamples)
+        return np.any([[results[(a, s)]["status"] != "ok" for s in range(SEEDS)] for a in arms], axis=0)
+
     # The ranked table: every family against the control, one Holm family over 2m p-values.
     rows = {r["arm"]: r for r in table_after(report, "## League (ranked)")}
     assert set(rows) == set(arms)
-    expect = dict(zip(FAMILIES, family_stats([(acc(f), acc("control"), "greater") for f in FAMILIES], MARGIN)))
+    expect = dict(zip(FAMILIES, family_stats([(acc(f), acc("control"), "greater", diverged(f, "control"))
+                                              for f in FAMILIES], MARGIN, n_boot=2000)))
     for f, e in expect.items():
         r = rows[f]
         assert num(r["Δ vs control"]) == pytest.approx(e["mean"], rel=6e-3, abs=1e-6), f
@@ -114,8 +118,8 @@ def test_rule_league_smoke_end_to_end(tmp_path, capsys):
 
     # The match family: family - mlp inside +-margin, from the two directional claims of every family.
     others = [f for f in FAMILIES if f != "mlp"]
-    claims = [(acc(f), acc("mlp"), d) for f in others for d in ("greater", "less")]
-    got = family_stats(claims, MARGIN)
+    claims = [(acc(f), acc("mlp"), d, diverged(f, "mlp")) for f in others for d in ("greater", "less")]
+    got = family_stats(claims, MARGIN, n_boot=2000)
     directional = {m[0]: (m[1].lower(), num(m[2])) for m in
                    re.findall(r"VERDICT (H-match-\S+): (SUPPORTED|NEGLIGIBLE|REFUTED|INCONCLUSIVE) .*Holm p = "
                               r"([0-9.e+-]+|nan)\)", report)}
