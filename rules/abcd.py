@@ -18,7 +18,8 @@ nn.Parameter per layer, `synapse_coef.<l>` of shape (5, O_l, I_l), rows (A, B, C
 needs the learner's layer sizes `widths` (the trainer passes them, `hat.trainer.build_rule`). Their code
 stores the coefficients of synapse (j <- i) at index O i + j (input-major) and the weights as (O, I);
 here they are (O, I) like the weights. They evolve the coefficients; here, as in the per-layer form,
-they are trained by the backward pass that trains M (meta-learned like `mlp`), or fixed.
+they are trained by the backward pass that trains M (meta-learned like `mlp`), or fixed. The rule
+`abcd_synapse` is this form under a name of its own (its own family in `studies.rule_league`).
 
 Both forms: trainable by default; fixed with `trainable=False` and `coef` (per layer: a list of 4
 numbers shared by every layer, or one list of 4 per layer; per synapse: 5 numbers (A, B, C, D, eta)
@@ -137,9 +138,25 @@ class ABCD(ElementwiseRule):
     def config(self) -> dict:
         """Architecture (for snapshots: the trainer saves `state_dict()` with this config)."""
         if self.per_synapse:
-            return {"rule": "abcd", "n_layers": self.n_layers, "per_synapse": True, "widths": list(self.widths)}
-        return {"rule": "abcd", "n_layers": self.n_layers}
+            return {"rule": self.name, "n_layers": self.n_layers, **({"per_synapse": True} if self.name == "abcd" else {}),
+                    "widths": list(self.widths)}
+        return {"rule": self.name, "n_layers": self.n_layers}
 
     def describe(self):
         return {"rule": self.name, "n_layers": self.n_layers, "trainable": self.trainable,
                 **({"per_synapse": True} if self.per_synapse else {})}
+
+
+@register("abcd_synapse")
+class ABCDSynapse(ABCD):
+    """`abcd` with `per_synapse=True` (Najarro & Risi's rule as their code writes it) under a name of its own: a
+    family of its own in `studies.rule_league`, whose runs and snapshots are named after it."""
+
+    def __init__(self, coef=None, n_layers: int = 2, init_std: float = 0.1, seed: int = 0, trainable: bool = True,
+                 widths=None):
+        super().__init__(coef, n_layers, init_std, seed, trainable, per_synapse=True, widths=widths)
+
+    @classmethod
+    def example(cls) -> ABCDSynapse:
+        """Sized for the registry's contract tests' layer, 5 inputs -> 3 outputs (its coefficients are per synapse)."""
+        return cls(n_layers=1, widths=[5, 3])

@@ -9,7 +9,7 @@ Holm family per question):
            coefficients meta-learned exactly like M (same backward pass, same rule optimizer, trained
            alongside the learner): rate and rule learning rate tuned
   abcd_synapse  the same rule as Najarro & Risi wrote it, eta (A v_i v_j + B v_i + C v_j + D) with every
-           synapse's own A, B, C, D and eta (rule abcd, per_synapse), meta-learned like M: rate and rule
+           synapse's own A, B, C, D and eta (abcd with per_synapse), meta-learned like M: rate and rule
            learning rate tuned
   terms    a linear combination of candidate plasticity terms with an L1 penalty (Shervani-Tabar &
            Rosenbaum 2023), meta-learned like M: rate and rule learning rate tuned
@@ -56,8 +56,7 @@ from studies.lib.verdicts import Verdict
 
 FAMILIES = ("mlp", "abcd", "abcd_synapse", "terms", "bcm", "krotov")  # the default league; --families takes any meta-learned or fixed rule
 # families that are a registered rule with parameters: {family: (rule, rule_params)}; any other family is its rule
-VARIANTS = {"abcd_synapse": ("abcd", {"per_synapse": True}),  # Najarro & Risi's per-synapse A, B, C, D, eta
-            "krotov": ("krotov", {"divide_by_max": True})}  # the reference form (Krotov's notebook, pytorch-hebbian)
+VARIANTS = {"krotov": ("krotov", {"divide_by_max": True})}  # the reference form (Krotov's notebook, pytorch-hebbian)
 RANK_SEED = 0  # bootstrap of the ranks
 DEFAULTS = {"snapshot_epochs": ()}  # only the meta-learned arms save their rule (at the end, see arms)
 

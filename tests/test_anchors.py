@@ -373,6 +373,17 @@ def test_abcd_per_synapse_coefficients_are_meta_learned_by_gradient():
     assert all((p - q).abs().min() > 0 for p, q in zip(pop.rules[0].parameters(), before))  # every synapse moved
 
 
+def test_abcd_synapse_is_abcd_per_synapse_under_its_own_name():
+    from hat.trainer import build_rule
+
+    cfg = TrainConfig(widths=(6, 5, 10), rule="abcd_synapse", seed=3)
+    named = build_rule(cfg)
+    option = build_rule(cfg.replace(rule="abcd", rule_params={"per_synapse": True}))
+    assert named.per_synapse and rules.rule_class("abcd_synapse").kind == "meta-learned"
+    assert all(torch.equal(a, b) for a, b in zip(named.parameters(), option.parameters()))
+    assert named.config() == {"rule": "abcd_synapse", "n_layers": 2, "widths": [6, 5, 10]}
+
+
 def test_abcd_per_synapse_needs_widths_and_matching_weights():
     with pytest.raises(ValueError, match="widths"):
         rules.get("abcd", per_synapse=True)
@@ -534,7 +545,7 @@ def test_league_families_use_the_reference_forms():
     arms = {a.name: a for a in rule_league.arms(s)}
     base = TrainConfig(epochs=0.5)
     syn, kro, per_layer = (arms[k].config(base) for k in ("abcd_synapse", "krotov", "abcd"))
-    assert (syn.rule, syn.rule_params, syn.trainable_rule) == ("abcd", {"per_synapse": True}, True)
+    assert (syn.rule, syn.rule_params, syn.trainable_rule) == ("abcd_synapse", {}, True)
     assert "rule_lr" in arms["abcd_synapse"].space and arms["abcd_synapse"].tags["kind"] == "meta-learned"
     assert (kro.rule, kro.rule_params) == ("krotov", {"divide_by_max": True}) and arms["krotov"].tags["kind"] == "fixed"
     assert (per_layer.rule, per_layer.rule_params) == ("abcd", {})

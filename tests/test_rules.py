@@ -348,7 +348,7 @@ def check_contract(rule, name, dtype):
 def test_registry_gradcheck(name):
     """Where delta carries gradients, they equal finite differences (float64)."""
     rule = make_rule(name).double()
-    pre, w, post, grad = rand_inputs(3, 2, 3, seed=8, requires_grad=True)
+    pre, w, post, grad = rand_inputs(3, 3, 5, seed=8, requires_grad=True)  # the contract's layer (abcd_synapse's size)
     g = grad if rule.uses_grad else None
     if not rule.delta(pre, w, post, g).requires_grad:
         assert name == "none"
@@ -384,7 +384,7 @@ def test_names_by_kind():
     assert rules.names() == rules.available()
     assert set(rules.names(kind="control")) == {"none"}
     assert {"hebb", "oja", "gha", "converged", "bcm", "krotov", "noise"} <= set(rules.names(kind="fixed"))
-    assert {"mlp", "abcd", "terms"} <= set(rules.names(kind="meta-learned"))
+    assert {"mlp", "abcd", "abcd_synapse", "terms"} <= set(rules.names(kind="meta-learned"))
     assert {"snapshot", "mean", "schedule"} <= set(rules.names(kind="frozen"))
     assert sorted(n for k in rules.KINDS for n in rules.names(kind=k)) == rules.available()
     with pytest.raises(ValueError, match="kind"):
@@ -396,8 +396,8 @@ def test_names_by_kind():
 
 def test_step_costs():
     """The per-step costs the progress bars weigh runs by (relative to a backprop step)."""
-    table = {"none": 1.0, "converged": 1.2, "hebb": 1.2, "oja": 1.25, "gha": 1.7, "abcd": 1.5, "terms": 2.0,
-             "bcm": 1.5, "krotov": 2.0, "noise": 1.3}
+    table = {"none": 1.0, "converged": 1.2, "hebb": 1.2, "oja": 1.25, "gha": 1.7, "abcd": 1.5, "abcd_synapse": 1.5,
+             "terms": 2.0, "bcm": 1.5, "krotov": 2.0, "noise": 1.3}
     for name, cost in table.items():
         assert rules.rule_class(name).step_cost({}, True, 8) == cost, name
     m = rules.base.mlp_step_cost
