@@ -217,7 +217,7 @@ def test_two_launched_workers_against_postgres_and_a_tracking_server(tmp_path, p
     n_rows = len(_results(tmp_path / "ref" / "out"))
     assert len(by_phase["study"]) == 1 and by_phase["study"][0].info.status == "FINISHED"
     assert len(by_phase["replicate"]) == n_rows  # every (arm, seed) trained once
-    assert len(by_phase["phase1"]) == 1
+    assert len(by_phase["phase1"]) == 2
     arms = {r.data.tags["arm"] for r in by_phase["tune"]}
     assert all(sum(r.data.tags["arm"] == a for r in by_phase["tune"]) == 2 for a in arms)  # equal budgets: 2 each
     print(f"\n2 launched workers: wall {wall:.0f} s, {len(runs)} MLflow runs, duplicate unit claims pruned: {pruned}, "
